@@ -1,0 +1,57 @@
+"""Per-process cache of what a node reuses across messages: its dataset on the device, the
+partition, and one model object (its weights are overwritten every round)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsign.config import PartitionConfig, RunConfig
+from fedsign.data import Dataset, ImageSet, load_dataset
+from fedsign.data.specs import dataset_spec
+from fedsign.methods import pan_spec
+from fedsign.models import PanSpec, build_model
+from fedsign.partition import partition_indices
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset_on(cfg_key: tuple, device: str) -> Dataset:
+    from fedsign.config import DatasetConfig
+
+    return load_dataset(DatasetConfig(*cfg_key)).to(device)
+
+
+def dataset_on(cfg: RunConfig, device: torch.device) -> Dataset:
+    d = cfg.dataset
+    return _dataset_on((d.name, d.root, d.use_valid, d.download, d.augment), str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(cfg_key: tuple, num_clients: int, part: tuple) -> tuple[np.ndarray, ...]:
+    from fedsign.config import DatasetConfig
+
+    labels = load_dataset(DatasetConfig(*cfg_key)).train.y.numpy()
+    return tuple(partition_indices(labels, num_clients, PartitionConfig(*part)))
+
+
+def partitions(cfg: RunConfig) -> tuple[np.ndarray, ...]:
+    d, p = cfg.dataset, cfg.partition
+    return _partitions((d.name, d.root, d.use_valid, d.download, d.augment), cfg.federation.num_clients,
+                       (p.scheme, p.alpha, p.seed, p.min_size))
+
+
+def client_data(cfg: RunConfig, client_id: int, device: torch.device) -> ImageSet:
+    index = torch.from_numpy(partitions(cfg)[client_id]).to(device)
+    return dataset_on(cfg, device).train.subset(index)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(name: str, dataset: str, pan: PanSpec | None, device: str) -> nn.Module:
+    return build_model(name, dataset_spec(dataset), pan).to(device)
+
+
+def model_for(cfg: RunConfig, device: torch.device) -> nn.Module:
+    return _model(cfg.model.name, cfg.dataset.name, pan_spec(cfg), str(device))

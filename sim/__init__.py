@@ -1,0 +1,1 @@
+"""Drivers at the edge: the Hydra app `fedsign-sim`, engines, sweeps, benchmarks, reports."""

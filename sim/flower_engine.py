@@ -1,0 +1,41 @@
+"""Run one config in Flower's simulation engine (Ray), in this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from fedsign.client_app import app as client_app
+from fedsign.config import RunConfig
+from fedsign.server_app import make_server_app
+
+
+def client_resources(cfg: RunConfig) -> dict[str, float]:
+    """Ray resources per client; on a GPU machine with no share given, a round's clients share one GPU."""
+    gpus = cfg.engine.num_gpus
+    if gpus == 0 and torch.cuda.is_available() and cfg.device != "cpu":
+        gpus = max(0.05, round(1.0 / cfg.clients_per_round, 3))
+    return {"num_cpus": cfg.engine.num_cpus, "num_gpus": gpus}
+
+
+def run_flower(cfg: RunConfig) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    results: dict[str, Any] = {}
+    backend_config = {
+        "client_resources": client_resources(cfg),
+        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": torch.cuda.device_count(),
+                      "include_dashboard": False, "logging_level": logging.ERROR,
+                      "log_to_driver": False},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=make_server_app(cfg, results), client_app=client_app,
+                       num_supernodes=cfg.federation.num_clients, backend_config=backend_config)
+    if not results:
+        raise RuntimeError("the simulation ended without results; see the log above")
+    return results

@@ -1,0 +1,1 @@
+"""One module per FL method: its server Strategy and its client objective, side by side."""

@@ -1,0 +1,45 @@
+"""The client side of a method: its local objective as a pure function of the parameters.
+
+One objective serves one client (the Flower engine: `params` are a model's own parameters) and a
+batch of clients (the cohort engine: `params` carry a leading client dimension under `vmap`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from strategies.functional import Params, cross_entropy
+
+
+class ClientObjective:
+    """Plain local cross-entropy (FedAvg). Methods override `prepare`, `loss` and `next_state`."""
+
+    # Hyperparameter names this objective reads from the `method.*` config keys.
+    hyperparameters: tuple[str, ...] = ()
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        for name in self.hyperparameters:
+            setattr(self, name, hyperparameters[name])
+
+    @classmethod
+    def from_config(cls, method: Mapping[str, Any]) -> ClientObjective:
+        """Pick this objective's hyperparameters out of the flat `method.*` values."""
+        return cls(**{name: method[name] for name in cls.hyperparameters})
+
+    def prepare(self, model: nn.Module, global_params: Params, state: Params) -> Params:
+        """Constants of this round (tensors): e.g. the global model, a reference model."""
+        return {}
+
+    def loss(self, model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+             consts: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss to minimise, its cross-entropy part) on one batch."""
+        ce = cross_entropy(model, params, x, y)
+        return ce, ce
+
+    def next_state(self, params: Params, consts: Params, state: Params) -> Params:
+        """What this client keeps for its next round ({}: nothing)."""
+        return {}

@@ -1,0 +1,15 @@
+"""Which clients train in a round: a stateless draw from (seed, round), so runs and resumes repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(rng.choice(num_clients, size=min(per_round, num_clients), replace=False).tolist())
+
+
+def client_seed(seed: int, server_round: int, client_id: int) -> int:
+    """The seed of one client's local training in one round (data order, augmentation)."""
+    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
