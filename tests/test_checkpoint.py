@@ -1,0 +1,66 @@
+"""Checkpoints: safetensors with metadata that rebuilds the model; bad files are clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedsign.checkpoint import (checkpoint_metadata, load_checkpoint, model_from_checkpoint,
+                                save_checkpoint)
+from fedsign.data.specs import DATASETS
+from fedsign.errors import CheckpointError
+from fedsign.models import PanSpec, build_model, exchanged_state
+
+
+def _save(tmp_path, name="smallcnn_bn", pan=None, **meta):
+    torch.manual_seed(0)
+    model = build_model(name, DATASETS["digits"], pan)
+    model.train()
+    model(torch.randn(8, 1, 8, 8))  # move the BN statistics away from their init
+    metadata = checkpoint_metadata(model=name, dataset="digits", round=3, role="server", method="fedavg",
+                                   seed=0, pan=pan)
+    metadata.update(meta)
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", exchanged_state(model), metadata)
+    return model, path
+
+
+@pytest.mark.parametrize("pan", [None, PanSpec("add", 4, 0.25)])
+def test_round_trip_rebuilds_the_same_function(tmp_path, pan):
+    model, path = _save(tmp_path, "smallcnn_bn", pan)
+    rebuilt, meta = model_from_checkpoint(path)
+    assert meta["round"] == "3" and meta["role"] == "server" and meta["num_classes"] == "10"
+    x = torch.randn(5, 1, 8, 8)
+    model.eval(), rebuilt.eval()
+    assert torch.allclose(model(x), rebuilt(x))
+    tensors, _ = load_checkpoint(path)
+    assert not any(k.endswith("num_batches_tracked") for k in tensors)
+
+
+def test_no_temporary_files_left(tmp_path):
+    _save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_pickle_or_garbage_is_refused_without_unpickling(tmp_path):
+    import pickle
+
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(evil)
+    _, path = _save(tmp_path)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_metadata_that_does_not_match_the_weights(tmp_path):
+    _, path = _save(tmp_path, "smallcnn", model="logreg")
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        model_from_checkpoint(path)
+    _, path = _save(tmp_path, "smallcnn", model="resnet99")
+    with pytest.raises(CheckpointError, match="unknown model 'resnet99'"):
+        model_from_checkpoint(path)
