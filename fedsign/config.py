@@ -147,6 +147,7 @@ class RunConfig:
     def validate(self) -> None:
         from fedsign.data.specs import DATASET_NAMES
         from fedsign.models.registry import MODEL_NAMES
+        from strategies.fedsign import SIGN_REDUCTIONS
         from strategies.registry import METHOD_NAMES
 
         _choice("dataset.name", self.dataset.name, DATASET_NAMES)
@@ -200,8 +201,6 @@ class RunConfig:
         """Clients sampled per round: fraction x N, at least one."""
         return max(1, int(round(self.federation.fraction * self.federation.num_clients)))
 
-
-SIGN_REDUCTIONS = ("rms", "sum", "mean", "tensor_mean")
 
 
 def _choice(key: str, value: str, accepted: tuple[str, ...] | list[str]) -> None:

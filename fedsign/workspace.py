@@ -55,3 +55,24 @@ def _model(name: str, dataset: str, pan: PanSpec | None, device: str) -> nn.Modu
 
 def model_for(cfg: RunConfig, device: torch.device) -> nn.Module:
     return _model(cfg.model.name, cfg.dataset.name, pan_spec(cfg), str(device))
+
+
+def _seeded_model(name: str, dataset: str, pan: PanSpec | None, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # torch's global RNG is left as it was
+        torch.manual_seed(seed)
+        return build_model(name, dataset_spec(dataset), pan)
+
+
+def initial_model(cfg: RunConfig) -> nn.Module:
+    """The run's initial global model θ_0, a function of the config (`seed`) alone."""
+    return _seeded_model(cfg.model.name, cfg.dataset.name, pan_spec(cfg), cfg.seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _initial_parameters(name: str, dataset: str, pan: PanSpec | None, seed: int, device: str) -> dict:
+    return {k: v.detach().to(device) for k, v in _seeded_model(name, dataset, pan, seed).named_parameters()}
+
+
+def initial_parameters(cfg: RunConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """θ_0's parameters on `device`, rebuilt by a client exactly as the server builds θ_0; cached."""
+    return _initial_parameters(cfg.model.name, cfg.dataset.name, pan_spec(cfg), cfg.seed, str(device))

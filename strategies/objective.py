@@ -6,7 +6,7 @@ batch of clients (the cohort engine: `params` carry a leading client dimension u
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +29,10 @@ class ClientObjective:
     def from_config(cls, method: Mapping[str, Any]) -> ClientObjective:
         """Pick this objective's hyperparameters out of the flat `method.*` values."""
         return cls(**{name: method[name] for name in cls.hyperparameters})
+
+    def first_state(self, initial: Callable[[], Params]) -> Params:
+        """A client's state before its first round; `initial()` gives θ_0's parameters."""
+        return {}
 
     def prepare(self, model: nn.Module, global_params: Params, state: Params) -> Params:
         """Constants of this round (tensors): e.g. the global model, a reference model."""

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from strategies.base import FederatedStrategy
 from strategies.fedavg import FedAvgObjective, FedAvgStrategy
+from strategies.feddyn import FedDynObjective, FedDynStrategy
+from strategies.fedpan import FedPanObjective, FedPanStrategy
+from strategies.fedprox import FedProxObjective, FedProxStrategy
+from strategies.fedsign import FedSignObjective, FedSignStrategy
+from strategies.moon import MoonObjective, MoonStrategy
 from strategies.objective import ClientObjective
 
 
@@ -19,6 +24,11 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "fedavg": Method("fedavg", FedAvgStrategy, FedAvgObjective),
+    "fedprox": Method("fedprox", FedProxStrategy, FedProxObjective),
+    "moon": Method("moon", MoonStrategy, MoonObjective),
+    "feddyn": Method("feddyn", FedDynStrategy, FedDynObjective),
+    "fedpan": Method("fedpan", FedPanStrategy, FedPanObjective, uses_pan=True),
+    "fedsign": Method("fedsign", FedSignStrategy, FedSignObjective),
 }
 METHOD_NAMES = tuple(METHODS)
 

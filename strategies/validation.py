@@ -31,15 +31,18 @@ def check_reply(message: Message, reference: Mapping[str, torch.Tensor]) -> Upda
     finite, and a MetricRecord with a positive integer 'num-examples'; else a Rejection."""
     node = message.metadata.src_node_id
     if message.has_error():
-        return Rejection(node, f"client error: {message.error.reason}")
+        return Rejection(node, f"client error: {last_line(message.error.reason)}")
     content = message.content
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
         return Rejection(node, f"expected one ArrayRecord and one MetricRecord, got "
                                f"{len(content.array_records)} and {len(content.metric_records)}")
     metrics = dict(next(iter(content.metric_records.values())))
     num = metrics.get("num-examples")
-    if not isinstance(num, (int, float)) or isinstance(num, bool) or num <= 0 or num != int(num):
+    if not _whole(num) or num <= 0:
         return Rejection(node, f"missing or invalid 'num-examples' ({num!r})")
+    client_id = metrics.get("partition-id", -1)
+    if not _whole(client_id):
+        return Rejection(node, f"invalid 'partition-id' ({client_id!r})")
     try:
         tensors = next(iter(content.array_records.values())).to_torch_state_dict()
     except Exception as exc:  # noqa: BLE001 (undecodable payloads come in many forms)
@@ -54,7 +57,19 @@ def check_reply(message: Message, reference: Mapping[str, torch.Tensor]) -> Upda
         if not bool(torch.isfinite(got).all()):
             return Rejection(node, f"'{key}' holds NaN or Inf values")
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    return Update(int(metrics.get("partition-id", -1)), tensors, int(num), scalars)
+    return Update(int(client_id), tensors, int(num), scalars)
+
+
+def _whole(value: object) -> bool:
+    """A finite whole number (a MetricRecord value may be a float, NaN, Inf or a list)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value == int(value))
+
+
+def last_line(text: str | None, limit: int = 300) -> str:
+    """The last non-empty line of an error report (a client's traceback ends with its message)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return (lines[-1] if lines else "no reason given")[:limit]
 
 
 def validate_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tensor]
