@@ -6,8 +6,6 @@ method, seed; plus `pan` (FedPAN mask spec, '' if none) so the exact architectur
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from fedsign.atomic import atomic_target
 from fedsign.data.specs import DATASETS, dataset_spec
 from fedsign.errors import CheckpointError, FedsignError
 from fedsign.models.pan import PanSpec
@@ -39,14 +38,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -3,6 +3,8 @@ its model and metrics. `flwr run .` and `fedsign-sim` both run this same app."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -12,16 +14,20 @@ from fedsign.config import RunConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.devices import resolve_device
 from fedsign.errors import ConfigError
-from fedsign.local_training import train_locally
+from fedsign.data.images import ImageSet
+from fedsign.local_training import LocalResult, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import load_exchanged
-from fedsign.workspace import client_data, model_for
+from fedsign.workspace import client_data, initial_parameters, model_for
+from strategies.objective import ClientObjective
 from strategies.sampling import client_seed
 
 app = ClientApp()
 
 # node_config keys a SuperNode may set (deployment): its data location, device and state folder.
 NODE_OVERRIDES = {"data-root": "dataset.root", "device": "device"}
+# what the server adds to the run config in each train message (not RunConfig keys)
+MESSAGE_KEYS = ("server-round", "run-stamp")
 
 
 def node_client_id(context: Context) -> int:
@@ -32,7 +38,7 @@ def node_client_id(context: Context) -> int:
 
 def run_config_for(message: Message, context: Context) -> RunConfig:
     """The server's config (sent with every message), with this node's local overrides."""
-    flat = {k: v for k, v in message.content["config"].items() if k != "server-round"}
+    flat = {k: v for k, v in message.content["config"].items() if k not in MESSAGE_KEYS}
     for node_key, cfg_key in NODE_OVERRIDES.items():
         if context.node_config.get(node_key):
             flat[cfg_key] = context.node_config[node_key]
@@ -51,28 +57,54 @@ def query(message: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
-    cfg = run_config_for(message, context)
+@dataclass
+class TrainTask:
+    """What one train message asks of this node, decoded once (the cohort engine decodes it alike)."""
+
+    cfg: RunConfig
+    client_id: int
+    server_round: int
+    data: ImageSet  # this client's partition, on the run's device
+    objective: ClientObjective
+    store: ClientStateStore
+    method_state: dict[str, torch.Tensor]  # what the method kept from this client's last round
+    seed: int  # data order and augmentation of this client in this round
+
+
+def train_task(message: Message, context: Context, cfg: RunConfig | None = None) -> TrainTask:
+    cfg = cfg or run_config_for(message, context)
     client_id = node_client_id(context)
     server_round = int(message.content["config"]["server-round"])
     device = resolve_device(cfg.device)
     data = client_data(cfg, client_id, device)
     if len(data) == 0:
         raise ConfigError(f"client {client_id} holds no training samples under this partition")
-    model = model_for(cfg, device)
-    load_exchanged(model, message.content["arrays"].to_torch_state_dict(), what="the global model")
-    store = ClientStateStore(context, cfg.out)
-    state = {k: v.to(device) for k, v in store.load(client_id).items()}
-    seed = client_seed(cfg.seed, server_round, client_id)
-    torch.manual_seed(seed)
-    result = train_locally(model, make_objective(cfg), state, data, dataset_spec(cfg.dataset.name), cfg.train,
-                           cfg.dataset.augment, seed)
-    store.save(client_id, result.method_state, server_round)
+    store = ClientStateStore(context, cfg.out, str(message.content["config"].get("run-stamp", "")))
+    objective = make_objective(cfg)
+    state = ({k: v.to(device) for k, v in store.load(client_id, server_round).items()}
+             or objective.first_state(lambda: initial_parameters(cfg, device)))
+    return TrainTask(cfg, client_id, server_round, data, objective, store, state,
+                     client_seed(cfg.seed, server_round, client_id))
+
+
+def train_reply(message: Message, task: TrainTask, result: LocalResult) -> Message:
+    """Keep the method's state for the next round; reply with the model and the metrics."""
+    task.store.save(task.client_id, result.method_state, task.server_round)
     metrics = MetricRecord({
         "num-examples": result.num_examples, "train_loss": result.train_loss, "ce_loss": result.ce_loss,
-        "partition-id": client_id, "steps": result.steps,
+        "partition-id": task.client_id, "steps": result.steps,
     })
     return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=result.state), "metrics": metrics}),
                    reply_to=message)
 
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    task = train_task(message, context)
+    cfg = task.cfg
+    model = model_for(cfg, task.data.x.device)
+    load_exchanged(model, message.content["arrays"].to_torch_state_dict(), what="the global model")
+    torch.manual_seed(task.seed)
+    result = train_locally(model, task.objective, task.method_state, task.data, dataset_spec(cfg.dataset.name),
+                           cfg.train, cfg.dataset.augment, task.seed)
+    return train_reply(message, task, result)

@@ -1,16 +1,17 @@
-"""The run directory contract (DESIGN.md): config.yaml, metrics.jsonl, results.json, checkpoints/."""
+"""The run directory contract (DESIGN.md): config.yaml, metrics.jsonl, results.json, checkpoints/
+(and checkpoints/resume.safetensors, the server state a killed run continues from)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fedsign.atomic import atomic_target
 from fedsign.config import RunConfig
 
 
@@ -26,14 +27,25 @@ def default_run_path(cfg: RunConfig) -> Path:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a whole file or nothing (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_target(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether a folder already holds (part of) a run: its config, metrics or results."""
+    return any((Path(path) / name).is_file() for name in ("config.yaml", "metrics.jsonl", "results.json"))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The flat dotted keys of a run directory's config.yaml."""
+    def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return flat
+
+    tree = yaml.safe_load((Path(path) / "config.yaml").read_text())
+    return flatten(tree if isinstance(tree, dict) else {})
 
 
 class RunDirectory:
@@ -41,6 +53,7 @@ class RunDirectory:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.resume_state = self.checkpoints / "resume.safetensors"
 
     def write_config(self, cfg: RunConfig) -> None:
         nested: dict[str, Any] = {}
@@ -58,10 +71,23 @@ class RunDirectory:
             handle.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows written so far; a line cut short by a killed process is skipped."""
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def truncate_metrics(self, last_round: int) -> list[dict[str, Any]]:
+        """Keep the rows up to `last_round` (a resumed run redoes the later ones); returns them."""
+        rows = [r for r in self.read_metrics() if r.get("round", 0) <= last_round]
+        write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_atomic(self.path / "results.json", json.dumps(results, indent=1))

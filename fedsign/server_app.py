@@ -1,6 +1,7 @@
 """The ServerApp: builds the model and the method's strategy from the run config and runs the rounds.
 `flwr run .` uses `app` (config from pyproject.toml + --run-config); `fedsign-sim` uses
-`make_server_app(cfg)` with its Hydra config. Both run `run_server`."""
+`make_server_app(cfg)` with its Hydra config. Both run `run_server`, which checks the inputs (data,
+model, partitions, resume state) before it creates anything on disk."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsign.config import RunConfig
-from fedsign.run_dir import RunDirectory, default_run_path
+from fedsign.data import load_dataset
+from fedsign.data.specs import dataset_spec
+from fedsign.devices import resolve_device
+from fedsign.errors import ConfigError, FedsignError
+from fedsign.methods import make_objective, make_strategy, pan_spec
+from fedsign.models import build_model, load_exchanged, parameter_names
+from fedsign.resume import load_server_state, resumed_config
+from fedsign.run_dir import RunDirectory, default_run_path, holds_run
 from fedsign.server_loop import run_federation
+from fedsign.workspace import partitions
 
 app = ServerApp()
+log = logging.getLogger("fedsign")
 
 
 def resolve_out(cfg: RunConfig) -> RunConfig:
@@ -24,18 +34,49 @@ def resolve_out(cfg: RunConfig) -> RunConfig:
     return cfg.replace(out=str(out.expanduser().resolve()))
 
 
+def prepare_run(cfg: RunConfig, explicit: set[str] | None = None) -> RunConfig:
+    """The config to run, after checking everything a run needs, so that bad input fails with one
+    FedsignError before any run directory is created or any worker started. With `cfg.resume` set it
+    is the resumed run's config (`explicit`: the keys the user set, see resumed_config)."""
+    if cfg.resume:
+        cfg = resumed_config(cfg, explicit)
+    cfg = resolve_out(cfg)
+    if not cfg.resume and holds_run(cfg.out):
+        raise ConfigError(f"out={cfg.out!r} already holds a run; continue it with resume={cfg.out} "
+                          "or choose another out")
+    resolve_device(cfg.device)
+    load_dataset(cfg.dataset)
+    model = build_model(cfg.model.name, dataset_spec(cfg.dataset.name), pan_spec(cfg))
+    partitions(cfg)
+    try:  # a method's own checks on its hyperparameters (e.g. FedDyn needs method.alpha > 0)
+        make_strategy(cfg, parameter_names(model))
+        make_objective(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.resume:
+        state = load_server_state(RunDirectory(cfg.out), cfg)
+        load_exchanged(model, state.global_state, what=f"the server state in {cfg.out}")
+        if state.round > cfg.train.rounds:
+            raise ConfigError(f"resume: the run is at round {state.round}, beyond train.rounds={cfg.train.rounds}")
+    return cfg
+
+
 def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     logging.getLogger("fedsign").setLevel(logging.INFO)
-    cfg = resolve_out(cfg)
+    cfg = prepare_run(cfg)
     run_dir = RunDirectory(cfg.out)
     run_dir.write_config(cfg)
-    print(f"[fedsign] run directory: {run_dir.path}", flush=True)
+    print(f"[fedsign] run directory: {run_dir.path}" + (" (resumed)" if cfg.resume else ""), flush=True)
     return run_federation(grid, cfg, run_dir)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_server(grid, RunConfig.from_flat(dict(context.run_config)))
+    try:
+        run_server(grid, RunConfig.from_flat(dict(context.run_config)))
+    except FedsignError as exc:
+        log.error("fedsign: error: %s", exc)
+        raise
 
 
 def make_server_app(cfg: RunConfig, results: dict[str, Any] | None = None) -> ServerApp:
@@ -49,3 +90,4 @@ def make_server_app(cfg: RunConfig, results: dict[str, Any] | None = None) -> Se
             results.update(outcome)
 
     return bound
+

@@ -1,11 +1,13 @@
 """The server's rounds: sample -> send the global model -> validate + aggregate -> evaluate centrally
--> metrics.jsonl, checkpoints, a progress line per evaluated round."""
+-> metrics.jsonl, checkpoints (+ the state a killed run resumes from), a progress line per evaluated
+round. A round whose valid replies are fewer than federation.min_replies keeps the global model."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -19,15 +21,18 @@ from fedsign.devices import resolve_device
 from fedsign.discovery import discover_clients
 from fedsign.evaluation import evaluate
 from fedsign.methods import make_strategy, pan_spec
-from fedsign.models import build_model, exchanged_state, load_exchanged, parameter_names
+from fedsign.models import exchanged_state, load_exchanged, parameter_names
 from fedsign.partition import class_counts
 from fedsign.partition_report import write_partition_report
+from fedsign.resume import ServerState, load_server_state, save_server_state
 from fedsign.run_dir import RunDirectory
 from fedsign.run_plot import plot_run
-from fedsign.workspace import dataset_on, partitions
+from fedsign.workspace import dataset_on, initial_model, partitions
 from strategies.sign_metrics import sign_change_fraction
 
 log = logging.getLogger("fedsign")
+# seconds to wait for all clients to connect at the start (at least; a round may allow more)
+CONNECT_WAIT = 600.0
 
 
 @dataclass
@@ -36,16 +41,20 @@ class Window:
 
     values: dict[str, list[float]] = field(default_factory=dict)
     rejected: int = 0
+    missing: int = 0  # sampled clients that did not reply within federation.round_timeout
+    skipped: int = 0  # rounds not aggregated (fewer valid replies than federation.min_replies)
 
     def add(self, metrics: dict[str, Any]) -> None:
         self.rejected += int(metrics.get("rejected_updates", 0))
+        self.missing += int(metrics.get("missing_replies", 0))
+        self.skipped += int(metrics.get("skipped", 0))
         for key in ("train_loss", "sign_flip_fraction", "global_sign_consistency"):
             if key in metrics:
                 self.values.setdefault(key, []).append(float(metrics[key]))
 
     def summary(self) -> dict[str, Any]:
         row: dict[str, Any] = {k: sum(v) / len(v) for k, v in self.values.items()}
-        row["rejected_updates"] = self.rejected
+        row.update(rejected_updates=self.rejected, missing_replies=self.missing, skipped_rounds=self.skipped)
         return row
 
 
@@ -53,31 +62,50 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
     device = resolve_device(cfg.device)
     spec = dataset_spec(cfg.dataset.name)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, spec, pan_spec(cfg)).to(device)
+    model = initial_model(cfg).to(device)
     param_keys = parameter_names(model)
     test = dataset_on(cfg, device).test
-    parts = partitions(cfg)
-    labels = dataset_on(cfg, torch.device("cpu")).train.y.numpy()
-    write_partition_report(class_counts(labels, list(parts), spec.num_classes), spec.classes,
-                           cfg.partition.scheme, cfg.partition.alpha, run_dir.path)
     strategy = make_strategy(cfg, param_keys)
+    if cfg.resume:
+        state = load_server_state(run_dir, cfg)
+        load_exchanged(model, state.global_state, what=f"the server state in {run_dir.path}")
+        strategy.load_state_dict(state.strategy_state)
+        if state.rng is not None:
+            torch.set_rng_state(state.rng)
+        rows = run_dir.truncate_metrics(state.round)
+        log.info("resuming %s after round %d of %d", run_dir.path, state.round, cfg.train.rounds)
+    else:
+        parts = partitions(cfg)
+        labels = dataset_on(cfg, torch.device("cpu")).train.y.numpy()
+        write_partition_report(class_counts(labels, list(parts), spec.num_classes), spec.classes,
+                               cfg.partition.scheme, cfg.partition.alpha, run_dir.path)
+        state = ServerState(0, {k: v.cpu().clone() for k, v in exchanged_state(model).items()}, {},
+                            uuid.uuid4().hex[:16])
+        rows = []
     log.info("waiting for %d clients", cfg.federation.num_clients)
-    strategy.nodes = discover_clients(grid, cfg.federation.num_clients, cfg.federation.round_timeout)
+    strategy.nodes = discover_clients(grid, cfg.federation.num_clients,
+                                      max(cfg.federation.round_timeout, CONNECT_WAIT))
 
-    global_state = {k: v.cpu().clone() for k, v in exchanged_state(model).items()}
-    flat = cfg.to_flat()
-    rows: list[dict[str, Any]] = []
-    window = Window()
-    started = time.time()
+    global_state = state.global_state
+    # the run stamp tells clients which saved method state belongs to this run (fedsign.client_state)
+    config = ConfigRecord({**cfg.to_flat(), "run-stamp": state.run_stamp})
+    window = Window(**state.window)
+    started = time.time() - state.elapsed
     round_start = time.time()
     rounds = cfg.train.rounds
-    for server_round in range(1, rounds + 1):
-        messages = strategy.configure_train(server_round, ArrayRecord(torch_state_dict=global_state),
-                                            ConfigRecord(flat), grid)
+    for server_round in range(state.round + 1, rounds + 1):
+        messages = list(strategy.configure_train(server_round, ArrayRecord(torch_state_dict=global_state),
+                                                 config, grid))
         replies = list(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
         arrays, metrics = strategy.aggregate_train(server_round, replies)
         round_metrics: dict[str, Any] = dict(metrics or {})
+        round_metrics["missing_replies"] = len(messages) - len(replies)
+        if round_metrics["missing_replies"]:
+            log.warning("round %d: %d of %d sampled clients did not reply within federation.round_timeout="
+                        "%g s", server_round, len(messages) - len(replies), len(messages),
+                        cfg.federation.round_timeout)
         if arrays is None:
+            round_metrics["skipped"] = 1
             log.warning("round %d: %d valid updates (< federation.min_replies=%d); the global model is kept",
                         server_round, int(round_metrics.get("clients", 0)), cfg.federation.min_replies)
         else:
@@ -99,6 +127,9 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
             print(progress_line(row, rounds), flush=True)
         if last or (cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0):
             save_round_checkpoints(cfg, run_dir, server_round, global_state, strategy.updates)
+            save_server_state(run_dir, ServerState(server_round, global_state, strategy.state_dict(),
+                                                   state.run_stamp, asdict(window), time.time() - started,
+                                                   torch.get_rng_state()), cfg)
 
     results = {
         "method": cfg.method.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
@@ -107,7 +138,9 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
         "final_accuracy": rows[-1]["accuracy"], "final_loss": rows[-1]["loss"],
         "best_accuracy": max(r["accuracy"] for r in rows), "wall_seconds": time.time() - started,
         "accuracy_curve": [[r["round"], r["accuracy"]] for r in rows],
-        "run_dir": str(run_dir.path),
+        "rejected_updates": sum(r.get("rejected_updates", 0) for r in rows),
+        "skipped_rounds": sum(r.get("skipped_rounds", 0) for r in rows),
+        "resumed": bool(cfg.resume), "run_dir": str(run_dir.path),
     }
     run_dir.write_results(results)
     plot_run(rows, f"{cfg.method.name} on {cfg.dataset.name}, alpha = {cfg.partition.alpha:g}",
@@ -123,6 +156,10 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
         parts.append(f"sign_flips {row['sign_flip_fraction']:.4f}")
     if row.get("rejected_updates"):
         parts.append(f"rejected {row['rejected_updates']}")
+    if row.get("missing_replies"):
+        parts.append(f"missing {row['missing_replies']}")
+    if row.get("skipped_rounds"):
+        parts.append(f"skipped {row['skipped_rounds']}")
     parts.append(f"{row['seconds']:.1f}s")
     return "[fedsign] " + "  ".join(parts)
 

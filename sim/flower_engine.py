@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import torch
+from flwr.clientapp import ClientApp
 
 from fedsign.client_app import app as client_app
 from fedsign.config import RunConfig
@@ -22,7 +23,8 @@ def client_resources(cfg: RunConfig) -> dict[str, float]:
     return {"num_cpus": cfg.engine.num_cpus, "num_gpus": gpus}
 
 
-def run_flower(cfg: RunConfig) -> dict[str, Any]:
+def run_flower(cfg: RunConfig, client: ClientApp | None = None) -> dict[str, Any]:
+    """`client`: another ClientApp than fedsign's (tests use one that misbehaves)."""
     from flwr.simulation import run_simulation
 
     results: dict[str, Any] = {}
@@ -34,7 +36,7 @@ def run_flower(cfg: RunConfig) -> dict[str, Any]:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_simulation(server_app=make_server_app(cfg, results), client_app=client_app,
+        run_simulation(server_app=make_server_app(cfg, results), client_app=client or client_app,
                        num_supernodes=cfg.federation.num_clients, backend_config=backend_config)
     if not results:
         raise RuntimeError("the simulation ended without results; see the log above")

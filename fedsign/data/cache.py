@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fedsign.atomic import atomic_target
 from fedsign.data.images import ImageSet
 
 
@@ -46,9 +46,7 @@ def store_cached(key: str, splits: dict[str, ImageSet]) -> None:
         for split, images in splits.items():
             tensors[f"{split}.x"] = images.x.contiguous()
             tensors[f"{split}.y"] = images.y.contiguous()
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, folder / f"{key}.safetensors")  # atomic: readers never see half a file
+        with atomic_target(folder / f"{key}.safetensors") as tmp:  # readers never see half a file
+            save_file(tensors, tmp)
     except OSError:
         pass  # an unwritable cache only costs a re-decode next time

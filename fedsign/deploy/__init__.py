@@ -1,0 +1,1 @@
+"""Real deployments (SuperLink + SuperNodes): credentials for TLS and SuperNode authentication."""

@@ -1,0 +1,135 @@
+"""Bad input to `fedsign-sim`: one clear error line naming the bad value (and what is accepted), exit
+code 2, and nothing left on disk. Two cases run as real subprocesses; the others call the same entry
+point in-process (every check happens before Ray starts, so this is safe and fast)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedsign.checkpoint import checkpoint_metadata, save_checkpoint
+from fedsign.config import RunConfig
+from fedsign.resume import ServerState, save_server_state
+from fedsign.run_dir import RunDirectory
+from tests.conftest import cli, cli_env
+
+
+def run_main(monkeypatch, capsys, args: list[str]) -> str:
+    """sim.main's entry point with `args`; returns stderr after asserting exit code 2."""
+    import sim.main
+
+    monkeypatch.setattr(sys, "argv", ["fedsign-sim", *args])
+    logger = logging.getLogger("fedsign")  # the CLI's setup_logging changes these; restored afterwards
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
+    with pytest.raises(SystemExit) as exited:
+        sim.main.main()
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def assert_one_line(err: str, words: list[str]) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedsign-sim: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["method=nonexistent"], ["method='nonexistent'", "fedavg"]),
+    (["partition.alpha=0"], ["partition.alpha=0", "> 0"]),
+])
+def test_subprocess_exit_code_and_one_line(tmp_path, args, words):
+    out = tmp_path / "run"
+    proc = subprocess.run(cli("sim.main") + args + [f"out={out}"], capture_output=True, text=True,
+                          env=cli_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line(proc.stderr, words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["dataset=nonexistent"], ["dataset='nonexistent'", "cifar10", "digits"]),
+    (["model=vgg99"], ["model='vgg99'", "smallcnn"]),
+    (["train.roundz=3"], ["train.roundz"]),
+    (["train.rounds=abc"], ["train.rounds='abc'", "number"]),
+    (["method.name=fedbogus"], ["method.name='fedbogus'", "fedavg"]),
+    (["federation.fraction=1.5"], ["federation.fraction=1.5", "(0, 1]"]),
+    (["federation.fraction=0"], ["federation.fraction=0"]),
+    (["train.rounds=0"], ["train.rounds=0", ">= 1"]),
+    (["model=vgg8"], ["vgg8", "32x32", "smallcnn"]),
+    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], ["'/nonexistent/cifar' is not a directory",
+                                                              "cifar-10-batches-py"]),
+])
+def test_bad_config_is_one_line_and_creates_nothing(monkeypatch, capsys, tmp_path, args, words):
+    out = tmp_path / "run"
+    err = run_main(monkeypatch, capsys, args + [f"out={out}"])
+    assert_one_line(err, words)
+    assert not out.exists()
+
+
+def test_dataset_root_holding_the_wrong_thing(monkeypatch, capsys, tmp_path):
+    root = tmp_path / "notcifar"
+    (root / "train").mkdir(parents=True)
+    (root / "readme.txt").write_text("no images here")
+    out = tmp_path / "run"
+    err = run_main(monkeypatch, capsys, ["dataset=cifar10", f"dataset.root={root}", f"out={out}"])
+    assert_one_line(err, ["no cifar10 data found", str(root), "ImageFolder"])
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_not_overwritten(monkeypatch, capsys, tmp_path):
+    run_dir = RunDirectory(tmp_path / "old")
+    run_dir.write_config(RunConfig())
+    err = run_main(monkeypatch, capsys, [f"out={run_dir.path}"])
+    assert_one_line(err, ["already holds a run", f"resume={run_dir.path}"])
+    assert sorted(p.name for p in run_dir.path.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def _killed_run(tmp_path) -> tuple[RunDirectory, RunConfig]:
+    """A run directory as a killed run leaves it (config, one metrics row), without its server state."""
+    run_dir = RunDirectory(tmp_path / "killed")
+    cfg = RunConfig.from_flat({"train.rounds": 4, "out": str(run_dir.path), "checkpoint.every": 1})
+    run_dir.write_config(cfg)
+    run_dir.append_metrics({"round": 1, "accuracy": 0.5, "loss": 1.0})
+    return run_dir, cfg
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", ["no server state", "checkpoint.every"]),
+    ("garbage", ["not a readable safetensors checkpoint", "resume.safetensors"]),
+    ("pickle", ["not a readable safetensors checkpoint"]),
+    ("model_checkpoint", ["not a fedsign server state", "role='server'"]),
+    ("wrong_model", ["do not fit the model", "missing"]),
+    ("other_run", ["was saved by a run with model='logreg'", "this run has model='smallcnn'"]),
+])
+def test_bad_resume_state(monkeypatch, capsys, tmp_path, damage, words):
+    run_dir, cfg = _killed_run(tmp_path)
+    if damage == "garbage":
+        run_dir.resume_state.write_bytes(b"\x07" * 100)
+    elif damage == "pickle":
+        torch.save({"w": torch.zeros(3)}, run_dir.resume_state)  # written only; fedsign never unpickles
+    elif damage == "model_checkpoint":
+        save_checkpoint(run_dir.resume_state, {"w": torch.zeros(3)}, checkpoint_metadata(
+            model="smallcnn", dataset="digits", round=1, role="server", method="fedavg", seed=0))
+    elif damage == "wrong_model":  # a logistic regression's weights for the run's smallcnn
+        save_server_state(run_dir, ServerState(1, {"linear.weight": torch.zeros(10, 64)}, {}, "abc"), cfg)
+    elif damage == "other_run":  # the state of a logreg run, put into this smallcnn run's directory
+        save_server_state(run_dir, ServerState(1, {"linear.weight": torch.zeros(10, 64)}, {}, "abc"),
+                          cfg.replace(model__name="logreg"))
+    before = {p.name: p.read_bytes() for p in run_dir.path.rglob("*") if p.is_file()}
+    err = run_main(monkeypatch, capsys, [f"resume={run_dir.path}"])
+    assert_one_line(err, words)
+    assert {p.name: p.read_bytes() for p in run_dir.path.rglob("*") if p.is_file()} == before
+
+
+def test_resume_refuses_changing_the_experiment(monkeypatch, capsys, tmp_path):
+    run_dir, cfg = _killed_run(tmp_path)
+    save_server_state(run_dir, ServerState(1, {}, {}, "abc"), cfg)
+    err = run_main(monkeypatch, capsys, [f"resume={run_dir.path}", "train.lr=0.3"])
+    assert_one_line(err, ["train.lr=0.3", "cannot change", "train.rounds"])

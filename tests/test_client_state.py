@@ -1,0 +1,87 @@
+"""Client method state under a node's state-dir survives a SuperNode restart (a fresh Context), and
+is ignored, with a warning, when it is damaged or stale (another run, or not from an earlier round).
+End to end through fedsign's ClientApp with FedDyn, whose gradient state changes the local update."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from fedsign import client_app
+from fedsign.client_state import ClientStateStore
+from fedsign.config import RunConfig
+from fedsign.data.specs import dataset_spec
+from fedsign.models import build_model, exchanged_state
+
+
+def node(state_dir=None) -> Context:
+    """A SuperNode's context; a new one = the node restarted (its in-memory state is gone)."""
+    config = {"partition-id": 0, "num-partitions": 10}
+    if state_dir is not None:
+        config["state-dir"] = str(state_dir)
+    return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config={})
+
+
+def test_store_round_trip_restart_and_stamps(tmp_path, caplog):
+    w = {"grad.w": torch.arange(6.0).reshape(2, 3)}
+    ClientStateStore(node(tmp_path), "/runs/a", "stamp-A").save(0, w, server_round=2)
+    assert len(list(tmp_path.rglob("client-0.safetensors"))) == 1
+    restarted = ClientStateStore(node(tmp_path), "/runs/a", "stamp-A")
+    assert torch.equal(restarted.load(0, server_round=3)["grad.w"], w["grad.w"])
+    with caplog.at_level(logging.WARNING, logger="fedsign"):
+        assert restarted.load(0, server_round=2) == {}  # not from an earlier round
+        assert ClientStateStore(node(tmp_path), "/runs/a", "stamp-B").load(0, 3) == {}  # another run
+    assert caplog.text.count("ignoring saved method state") == 2
+    assert ClientStateStore(node(tmp_path), "/runs/other", "stamp-A").load(0, 3) == {}  # another run dir
+
+
+def test_store_in_memory_without_state_dir():
+    context = node()
+    store = ClientStateStore(context, "/runs/a", "s")
+    store.save(1, {"x": torch.ones(2)}, server_round=1)
+    assert torch.equal(ClientStateStore(context, "/runs/a", "s").load(1, 2)["x"], torch.ones(2))
+    assert ClientStateStore(node(), "/runs/a", "s").load(1, 2) == {}  # a restart loses in-memory state
+
+
+def _train(context: Context, cfg: RunConfig, server_round: int, stamp: str = "run-1") -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)  # the same global model each time (the ClientApp trains its cached model in place)
+    glob = exchanged_state(build_model(cfg.model.name, dataset_spec(cfg.dataset.name)))
+    config = ConfigRecord({**cfg.to_flat(), "server-round": server_round, "run-stamp": stamp})
+    message = Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=glob), "config": config}),
+                      message_type=MessageType.TRAIN, dst_node_id=7)
+    return client_app.train(message, context).content["arrays"].to_torch_state_dict()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feddyn_state_survives_a_restart_and_damage_is_handled(flower_ids, tmp_path, caplog):
+    cfg = RunConfig.from_flat({"method.name": "feddyn", "method.alpha": 0.5, "federation.num_clients": 10,
+                               "train.local_epochs": 1, "train.batch_size": 32, "partition.scheme": "iid",
+                               "device": "cpu", "out": str(tmp_path / "run")})
+    state_dir = tmp_path / "state"
+    _train(node(state_dir), cfg, server_round=1)
+    [path] = state_dir.rglob("client-0.safetensors")
+    saved = path.read_bytes()
+
+    with_state = _train(node(state_dir), cfg, server_round=2)  # restarted node: state read from disk
+    path.unlink()
+    without_state = _train(node(state_dir), cfg, server_round=2)
+    assert not _same(with_state, without_state)  # the saved gradient state changed the update
+
+    for damage in (b"\x00garbage", None):
+        if damage is None:  # a stale file: saved by another run
+            path.write_bytes(saved)
+            stamp = "run-2"
+        else:
+            path.write_bytes(damage)
+            stamp = "run-1"
+        with caplog.at_level(logging.WARNING, logger="fedsign"):
+            assert _same(_train(node(state_dir), cfg, server_round=2, stamp=stamp), without_state)
+    assert "damaged method state file" in caplog.text and "ignoring saved method state" in caplog.text
+    path.write_bytes(saved)
+    assert _same(_train(node(state_dir), cfg, server_round=2), with_state)
+

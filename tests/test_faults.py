@@ -1,0 +1,130 @@
+"""Faulty clients: bad updates are rejected with a reason and counted in metrics.jsonl, the round goes
+on with the others, a round with fewer valid replies than federation.min_replies keeps the global
+model, and a run with crashing, NaN and too-slow clients in Flower's simulation engine completes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from fedsign.checkpoint import load_checkpoint
+from fedsign.config import RunConfig
+from fedsign.run_dir import RunDirectory
+from fedsign.server_loop import run_federation
+from strategies.validation import Rejection, check_reply
+from tests.conftest import cli, cli_env, train_reply
+
+# what each client does in each round (missing: the round's default "ok")
+PLAN = {
+    1: {0: "error", 1: "nan", 2: "no_num_examples", 3: "silent"},  # 0 valid < min_replies=2: skipped
+    2: {1: "wrong_shape"},  # 3 valid: aggregated
+}
+
+
+class ScriptedGrid:
+    """A Grid whose node n + 100 is client n and replies as PLAN says; clients' models are the
+    global model plus a known shift (client id + 1) * 0.01."""
+
+    def __init__(self, num_clients: int) -> None:
+        self.num_clients = num_clients
+        self.sent: dict[int, dict[str, torch.Tensor]] = {}  # round -> global model sent
+
+    def get_node_ids(self):
+        return [100 + c for c in range(self.num_clients)]
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            client = message.metadata.dst_node_id - 100
+            if "config" not in message.content:  # discovery query
+                replies.append(Message(RecordDict({"m": MetricRecord({"partition-id": client})}), reply_to=message))
+                continue
+            server_round = int(message.content["config"]["server-round"])
+            glob = message.content["arrays"].to_torch_state_dict()
+            self.sent[server_round] = glob
+            action = PLAN.get(server_round, {}).get(client, "ok")
+            if action == "silent":
+                continue
+            if action == "error":
+                replies.append(Message(Error(code=0, reason="ClientApp raised: disk full"), reply_to=message))
+                continue
+            tensors = {k: v + (client + 1) * 0.01 for k, v in glob.items()}
+            if action == "nan":
+                tensors = {k: v * float("nan") for k, v in tensors.items()}
+            if action == "wrong_shape":
+                key = next(iter(tensors))
+                tensors[key] = tensors[key].flatten()[:3]
+            metrics = {"partition-id": client, "train_loss": 1.0}
+            if action != "no_num_examples":
+                metrics["num-examples"] = 10
+            content = RecordDict({"arrays": ArrayRecord(torch_state_dict=tensors), "metrics": MetricRecord(metrics)})
+            replies.append(Message(content, reply_to=message))
+        return replies
+
+
+def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
+    cfg = RunConfig.from_flat({"federation.num_clients": 4, "federation.fraction": 1.0, "federation.min_replies": 2,
+                               "train.rounds": 3, "checkpoint.every": 1, "device": "cpu", "out": str(tmp_path)})
+    grid = ScriptedGrid(4)
+    with caplog.at_level(logging.WARNING, logger="fedsign"):
+        results = run_federation(grid, cfg, RunDirectory(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["rejected_updates"], r["missing_replies"], r["skipped_rounds"]) for r in rows] == [
+        (3, 1, 1), (1, 0, 0), (0, 0, 0)]
+    assert results["rounds"] == 3 and results["rejected_updates"] == 4 and results["skipped_rounds"] == 1
+    text = caplog.text
+    for reason in ("client error: ClientApp raised: disk full", "holds NaN or Inf values",
+                   "missing or invalid 'num-examples'", "expected", "did not reply",
+                   "the global model is kept"):
+        assert reason in text, reason
+
+    # round 1 was skipped: round 2 got the initial model, which is what round 1's checkpoint holds
+    initial = grid.sent[1]
+    for key in initial:
+        assert torch.equal(grid.sent[2][key], initial[key])
+    saved, meta = load_checkpoint(tmp_path / "checkpoints" / "server_round0001.safetensors")
+    assert meta["round"] == "1" and all(torch.equal(saved[k], initial[k]) for k in initial)
+    # round 2 averaged the three valid clients 0, 2, 3: shifts (0.01 + 0.03 + 0.04) / 3
+    for key in initial:
+        assert torch.allclose(grid.sent[3][key], initial[key] + 0.08 / 3, atol=1e-6)
+
+
+@pytest.mark.parametrize("metrics, reason", [
+    ({"num-examples": float("inf"), "partition-id": 0}, "num-examples"),
+    ({"num-examples": float("nan"), "partition-id": 0}, "num-examples"),
+    ({"num-examples": 2.5, "partition-id": 0}, "num-examples"),
+    ({"num-examples": 10, "partition-id": float("nan")}, "partition-id"),
+    ({"num-examples": 10, "partition-id": [1, 2]}, "partition-id"),
+])
+def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
+    reference = {"w": torch.zeros(2)}
+    result = check_reply(train_reply({"w": torch.ones(2)}, 5, metrics), reference)
+    assert isinstance(result, Rejection) and reason in result.reason and result.node_id == 5
+
+
+def test_faulty_clients_in_the_simulation_engine(tmp_path):
+    out = tmp_path / "run"
+    env = cli_env() | {"FEDSIGN_TEST_FAULTS": "0=raise,1=nan,3=slow@2"}
+    args = ["federation.num_clients=4", "federation.fraction=1.0", "federation.min_replies=1",
+            "federation.round_timeout=20", "train.rounds=2", "train.local_epochs=1",
+            "partition.scheme=iid", "device=cpu"]
+    proc = subprocess.run(cli("tests.faulty_client") + [str(out)] + args, capture_output=True, text=True,
+                          env=env, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    results = json.loads(log.split("RESULTS ", 1)[1].splitlines()[0])
+    assert results["rounds"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    # both rounds: the crash and the NaN reply are rejected; round 2: the slow client misses the deadline
+    assert [(r["rejected_updates"], r["missing_replies"], r["skipped_rounds"]) for r in rows] == [(2, 0, 0), (2, 1, 0)]
+    rejected = [line for line in log.splitlines() if "rejected the update" in line]
+    assert any("client error:" in line and "injected fault: this client crashes" in line for line in rejected)
+    assert any(line.endswith("holds NaN or Inf values") for line in rejected), rejected
+    assert "round 2: 1 of 4 sampled clients did not reply" in log
+    assert results["final_accuracy"] > 0.2  # the valid clients still trained the model
