@@ -1,4 +1,9 @@
-"""One client's local training: E epochs of SGD on its partition, with its method's objective."""
+"""One client's local training: E epochs of SGD on its partition, with its method's objective.
+
+The batch plan (data order and augmentation draws) is a function of (partition size, train config,
+client seed) only, so the Flower engine (one client per ClientApp call) and the cohort engine (all
+clients of a round at once, sim/cohort) train every client on exactly the same batches.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import torch
 from torch import nn
 
 from fedsign.config import TrainConfig
-from fedsign.data.augment import normalize, random_crop_flip
+from fedsign.data.augment import CropFlip, apply_crop_flip, draw_crop_flip, normalize
 from fedsign.data.images import ImageSet
 from fedsign.data.specs import DatasetSpec
 from strategies.functional import Params, detached
@@ -25,19 +30,44 @@ class LocalResult:
     steps: int
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """A fresh permutation split into batches; a 1-sample tail is dropped (BatchNorm needs 2)."""
-    order = torch.randperm(n, generator=generator, device=device)
-    chunks = list(order.split(batch_size))
-    return chunks[:-1] if len(chunks) > 1 and len(chunks[-1]) == 1 else chunks
+@dataclass
+class Step:
+    """One local SGD step's batch: positions in the client's data and its augmentation draws."""
+
+    index: torch.Tensor  # int64 [B] (or [clients, B] when stacked by the cohort engine)
+    crop: CropFlip | None  # None: no augmentation
 
 
-def make_batch(data: ImageSet, index: torch.Tensor, spec: DatasetSpec, augment: bool,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    x = data.x[index]
-    if augment and (spec.crop_padding or spec.flip):
-        x = random_crop_flip(x, spec.crop_padding, spec.flip, generator)
-    return normalize(x, spec), data.y[index]
+def batch_plan(n: int, cfg: TrainConfig, spec: DatasetSpec, augment: bool, seed: int,
+               device: torch.device, offset: int = 0) -> list[Step]:
+    """Every step of one client's round, drawn from one generator seeded by `seed`: per epoch a
+    fresh permutation (then, when augmenting, one crop/flip draw per sample), split into batches of
+    cfg.batch_size; a 1-sample tail is dropped (BatchNorm needs 2). Positions are shifted by `offset`
+    (where the client's samples start in data shared with other clients)."""
+    cpu = torch.device("cpu")
+    generator = torch.Generator(device=cpu).manual_seed(seed)  # on the CPU: the same plan on every device
+    augmenting = augment and (spec.crop_padding > 0 or spec.flip)
+    steps: list[Step] = []
+    for _ in range(cfg.local_epochs):
+        order = (torch.randperm(n, generator=generator) + offset).to(device)
+        draws = draw_crop_flip(n, spec.crop_padding, generator, cpu).to(device) if augmenting else None
+        for start in range(0, n, cfg.batch_size):
+            end = min(start + cfg.batch_size, n)
+            if end - start == 1 and start > 0:
+                continue
+            steps.append(Step(order[start:end], draws[start:end] if draws is not None else None))
+    return steps
+
+
+def make_batch(data: ImageSet, step: Step, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (augmented) images and labels of a step; a stacked step [clients, B] gives
+    x [clients, B, C, H, W] and y [clients, B]."""
+    flat = step.index.reshape(-1)
+    x = data.x[flat]
+    if step.crop is not None:
+        x = apply_crop_flip(x, spec.crop_padding, spec.flip, step.crop.flatten())
+    x = normalize(x, spec)
+    return x.view(*step.index.shape, *x.shape[1:]), data.y[flat].view(step.index.shape)
 
 
 def train_locally(model: nn.Module, objective: ClientObjective, method_state: Params, data: ImageSet,
@@ -49,23 +79,21 @@ def train_locally(model: nn.Module, objective: ClientObjective, method_state: Pa
     consts = objective.prepare(model, detached({k: v.clone() for k, v in params.items()}), method_state)
     optimizer = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)  # fresh each round (authors' code)
-    generator = torch.Generator(device=device).manual_seed(seed)
     total = torch.zeros((), device=device)
     total_ce = torch.zeros((), device=device)
-    steps = 0
-    for _ in range(cfg.local_epochs):
-        for index in batches(len(data), cfg.batch_size, generator, device):
-            x, y = make_batch(data, index, spec, augment, generator)
-            loss, ce = objective.loss(model, params, x, y, consts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
-            optimizer.step()
-            total += loss.detach()
-            total_ce += ce.detach()
-            steps += 1
+    steps = batch_plan(len(data), cfg, spec, augment, seed, device)
+    for step in steps:
+        x, y = make_batch(data, step, spec)
+        loss, ce = objective.loss(model, params, x, y, consts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
+        optimizer.step()
+        total += loss.detach()
+        total_ce += ce.detach()
     new_state = objective.next_state(detached(params), consts, method_state)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    n_steps = max(len(steps), 1)
     return LocalResult(state, {k: v.detach().cpu() for k, v in new_state.items()}, len(data),
-                       float(total) / max(steps, 1), float(total_ce) / max(steps, 1), steps)
+                       float(total) / n_steps, float(total_ce) / n_steps, len(steps))

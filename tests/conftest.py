@@ -31,6 +31,15 @@ def cli_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny ops on a shared 2-core machine are far faster (and steadier) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def flower_ids():
     """Flower only builds Messages inside a run; give tests the identity a run would have."""
     from flwr.supercore.task_identity import TaskIdentity
