@@ -1,0 +1,16 @@
+"""landscape never imports Flower (DESIGN.md import graph: landscape -> torch + fedsign models/data/checkpoint)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import cli_env
+
+
+def test_landscape_imports_no_flwr():
+    code = ("import sys, landscape, landscape.cli, landscape.bench, landscape.train, landscape.plots\n"
+            "bad = sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.'))\n"
+            "assert not bad, bad\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

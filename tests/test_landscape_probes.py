@@ -1,0 +1,128 @@
+"""Probe functions on tiny models: asymmetry metrics, non-square surfaces, interpolation, SSR, soups, mining."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape.directions import noise_direction, scale_direction
+from landscape.evaluator import Evaluator, ProbeData
+from landscape.interp import barrier, evaluate_points, greedy_soup, interpolate, uniform_soup
+from landscape.mine import mine_vvv, mine_wpeak
+from landscape.signs import distribution_summary, sign_consistency_ratio
+from landscape.surface import surface
+from landscape.train import train_classifier
+from landscape.valley import Direction, asymmetry_metrics, valley
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(6, 8)
+        self.classifier = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.hidden(x)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(90, 6)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    train_classifier(model, ProbeData(x, y), epochs=30, lr=0.1, batch_size=30)
+    evaluator = Evaluator(model, ProbeData(x, y), recalibrate=False, chunk=4)
+    return model, evaluator, evaluator.parameters()
+
+
+def test_asymmetry_metrics_on_a_known_curve():
+    lams = np.linspace(-1, 1, 21)
+    loss = np.where(lams < 0, 4 * lams**2, lams**2)  # sharper on the - side
+    error = np.where(lams < 0, 0.5 * np.abs(lams), 0.1 * lams)
+    m = asymmetry_metrics(lams, loss, error, loss_delta=0.25)
+    assert m["asymmetry"] == pytest.approx(0.1 * lams[lams > 0].mean() - 0.5 * np.abs(lams[lams < 0]).mean())
+    assert m["width_plus"] == pytest.approx(0.5, abs=0.01)  # loss = lambda^2 reaches 0.25 at 0.5
+    assert m["width_minus"] == pytest.approx(0.25, abs=0.01)
+    assert m["width_ratio"] == pytest.approx(2.0, rel=0.05)
+    assert not m["width_plus_censored"]
+    assert asymmetry_metrics(lams, loss, error, loss_delta=10.0)["width_plus_censored"]
+
+
+def test_valley_returns_one_curve_per_direction_and_scale(setup):
+    model, evaluator, theta = setup
+    names = list(theta)
+    dirs = [Direction("gaussian", s, noise_direction(theta, names, "gaussian", 0, sign=s)) for s in (False, True)]
+    result = valley(evaluator, theta, dirs, scales=(0.5, 1.0), lambdas=np.linspace(-1, 1, 5))
+    assert [(c["sign_consistent"], c["scale"]) for c in result.arrays["curves"]] == \
+        [(False, 0.5), (False, 1.0), (True, 0.5), (True, 1.0)]
+    c = result.arrays["curves"][3]
+    unit = scale_direction(dirs[1].values, theta, "ns")
+    loss, error = evaluator.curve(theta, unit, np.linspace(-1, 1, 5))
+    torch.testing.assert_close(c["loss"], loss)
+    assert c["asymmetry"] == pytest.approx(float(error[3:].mean() - error[:2].mean()))
+
+
+def test_surface_on_a_non_square_grid(setup):
+    _, evaluator, theta = setup
+    names = list(theta)
+    d1 = scale_direction(noise_direction(theta, names, "gaussian", 1), theta, "ns")
+    d2 = scale_direction(noise_direction(theta, names, "uniform", 2), theta, "ns")
+    xs, ys = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
+    result = surface(evaluator, theta, d1, d2, xs, ys)
+    assert result.arrays["loss"].shape == (3, 4)
+    for i, j in [(0, 3), (2, 0), (1, 2)]:
+        point = {n: theta[n] + xs[j] * d1[n] + ys[i] * d2[n] for n in names}
+        loss, error = evaluate_points(evaluator, [point])
+        assert result.arrays["loss"][i, j] == pytest.approx(float(loss[0]), rel=1e-5)
+        assert result.arrays["error"][i, j] == pytest.approx(float(error[0]), abs=1e-6)
+
+
+def test_interpolation_barrier_gap_and_ssr(setup):
+    model, evaluator, theta = setup
+    b = {n: -t for n, t in theta.items()}  # every sign flipped
+    result = interpolate(evaluator, model, theta, b, lambdas=np.linspace(0, 1, 3))
+    a = result.arrays
+    assert list(a["lambdas"]) == [0.0, 0.5, 1.0]
+    mid_loss, _ = evaluate_points(evaluator, [{n: 0 * t for n, t in theta.items()}])
+    assert a["loss"][1] == pytest.approx(float(mid_loss[0]), rel=1e-5)  # (A + B) / 2 = 0
+    acc = 1 - np.asarray(a["error"])
+    assert a["gap"] == pytest.approx(acc[1] - 0.5 * (acc[0] + acc[2]))
+    assert a["ssr"]["A-B"]["ALL"] == 0.0 and a["ssr"]["A-B"]["CLF"] == 0.0
+    assert barrier(np.array([0, 0.5, 1.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(1.5)
+
+
+def test_ssr_and_distribution_summary(setup):
+    model, _, theta = setup
+    other = {n: t.clone() for n, t in theta.items()}
+    other["classifier.bias"] = -other["classifier.bias"]
+    total = sum(t.numel() for t in theta.values())
+    assert sign_consistency_ratio(theta, other, list(theta)) == pytest.approx(1 - 3 / total)
+    summary = distribution_summary(model, theta)
+    assert set(summary) == {"clf_weight", "clf_bias", "other_weight", "other_bias"}
+    assert summary["clf_bias"]["mean"] == pytest.approx(float(theta["classifier.bias"].double().mean()))
+
+
+def test_soups(setup):
+    _, evaluator, theta = setup
+    bad = {n: torch.zeros_like(t) for n, t in theta.items()}
+    soup = uniform_soup([theta, bad])
+    torch.testing.assert_close(soup["hidden.weight"], theta["hidden.weight"] / 2)
+    _, errors = evaluate_points(evaluator, [bad, theta])
+    assert errors[1] < errors[0] - 0.2
+    greedy, kept = greedy_soup(evaluator, [bad, theta, theta])
+    assert 0 not in kept and kept[0] == 1  # the best ingredient first; the zero model never helps
+    torch.testing.assert_close(greedy["hidden.weight"], theta["hidden.weight"])
+
+
+def test_mining_algorithms_return_directions_over_the_group(setup):
+    model, evaluator, theta = setup
+    names = ["classifier.weight", "classifier.bias"]
+    eps, history = mine_wpeak(model, theta, names, evaluator.data, epochs=2, lr=0.1, batch_size=30, seed=0)
+    assert set(eps) == set(names) and len(history) == 2 and any(float(e.abs().sum()) > 0 for e in eps.values())
+    eps2, history2 = mine_vvv(model, theta, names, evaluator.data, epochs=2, lr=0.1, batch_size=30, seed=0)
+    assert set(eps2) == set(names) and len(history2) == 2
+    again, _ = mine_wpeak(model, theta, names, evaluator.data, epochs=2, lr=0.1, batch_size=30, seed=0)
+    assert all(torch.equal(again[n], eps[n]) for n in names)  # seeded
