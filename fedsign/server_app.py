@@ -9,11 +9,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsign.config import RunConfig
-from fedsign.data import load_dataset
 from fedsign.data.specs import dataset_spec
 from fedsign.devices import resolve_device
 from fedsign.errors import ConfigError, FedsignError
@@ -22,7 +22,7 @@ from fedsign.models import build_model, load_exchanged, parameter_names
 from fedsign.resume import load_server_state, resumed_config
 from fedsign.run_dir import RunDirectory, default_run_path, holds_run
 from fedsign.server_loop import run_federation
-from fedsign.workspace import partitions
+from fedsign.workspace import dataset_on, partitions
 
 app = ServerApp()
 log = logging.getLogger("fedsign")
@@ -45,7 +45,7 @@ def prepare_run(cfg: RunConfig, explicit: set[str] | None = None) -> RunConfig:
         raise ConfigError(f"out={cfg.out!r} already holds a run; continue it with resume={cfg.out} "
                           "or choose another out")
     resolve_device(cfg.device)
-    load_dataset(cfg.dataset)
+    dataset_on(cfg, torch.device("cpu"))  # cached: the server loop reuses it
     model = build_model(cfg.model.name, dataset_spec(cfg.dataset.name), pan_spec(cfg))
     partitions(cfg)
     try:  # a method's own checks on its hyperparameters (e.g. FedDyn needs method.alpha > 0)

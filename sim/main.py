@@ -22,10 +22,10 @@ from sim.flatten import hydra_to_flat
 CONF = Path(__file__).parent / "conf"
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, explicit: set[str] | None = None) -> dict:
     """Run one config with the engine it names; returns results.json's content. Bad input raises a
-    FedsignError here, before any run directory or worker exists."""
-    cfg = prepare_run(cfg)
+    FedsignError here, before any run directory or worker exists (`explicit`: see prepare_run)."""
+    cfg = prepare_run(cfg, explicit)
     if cfg.engine.name == "cohort":
         from sim.cohort.engine import run_cohort
 
@@ -75,8 +75,7 @@ def hydra_main(hcfg: DictConfig) -> None:
     setup_logging()
     try:
         cfg = RunConfig.from_flat(hydra_to_flat(hcfg))
-        cfg = prepare_run(cfg, explicit_keys(list(HydraConfig.get().overrides.task)))
-        results = run(cfg)
+        results = run(cfg, explicit_keys(list(HydraConfig.get().overrides.task)))
     except FedsignError as exc:
         fail(str(exc))
     print(f"[fedsign] final accuracy {results['final_accuracy']:.4f} (best {results['best_accuracy']:.4f}) "
