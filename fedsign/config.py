@@ -1,64 +1,79 @@
-"""One typed run config, parsed from Flower's flat `run_config` (dotted keys) and used by every app.
+"""The run config: every setting of a run and its default, defined once, with its check.
 
-`fedsign-sim` (Hydra) flattens its config into the same dotted keys that `flwr run .` reads from
-pyproject.toml, so both drive the same code. Every value is checked here, once, with errors that
-name the key, the bad value and what is accepted.
+The run-wide settings are the dataclasses below (and `dataset.*`'s, fedsign.data.loading.DatasetConfig,
+which landscape/ uses without Flower); a method's own settings (the `method.*` keys) are the dataclass
+in its strategies/ module, found by `method.name` in strategies.registry. Everything
+else is derived from these:
+- fedsign-sim's Hydra config: structured configs in Hydra's ConfigStore (sim/conf);
+- `flwr run .`'s defaults: [tool.flwr.app.config] in pyproject.toml, written by
+  `python -m fedsign.config --write` from `flwr_app_defaults()` (a test checks it value for value);
+- the flat dotted keys of Flower's run_config, read back by `RunConfig.from_flat` in both apps.
+Values are parsed and type-checked by OmegaConf against these dataclasses; each dataclass checks
+its own ranges in __post_init__. A bad value is one ConfigError naming the key and what is accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from flwr.common.config import flatten_dict, unflatten_dict
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from fedsign.data.loading import DatasetConfig  # the `dataset.*` settings live beside the loader (no flwr import)
 from fedsign.errors import ConfigError
+from strategies.base import MethodConfig
+from strategies.registry import METHOD_NAMES, METHODS
 
 Flat = dict[str, Any]
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "digits"  # cifar10 | cinic10 | digits
-    root: str = ""  # directory holding one of the supported on-disk forms
-    use_valid: bool = False  # CINIC-10: add valid/ to the training set
-    download: bool = False  # CIFAR-10 only: let torchvision download it when online
-    augment: bool = True  # random crop (padding 4) + horizontal flip, on the data's device
+ENGINES = ("flower", "cohort")
+PARTITION_SCHEMES = ("dirichlet", "authors", "iid")
 
 
 @dataclass
 class ModelConfig:
     name: str = "smallcnn"
 
+    def __post_init__(self) -> None:
+        from fedsign.models.registry import MODEL_NAMES
 
-@dataclass
-class MethodConfig:
-    name: str = "fedavg"
-    gamma: float = 0.01  # FedSign: weight of the sign reward, Eq. (1)
-    sign_reduction: str = "rms"  # FedSign: how Eq. (1) is reduced over parameters (docs/fedsign.md)
-    sign_temperature: float = 1.0  # FedSign: tau in sigma(theta / tau); 1 = the paper
-    mu: float = 0.01  # FedProx proximal weight / MOON contrastive weight
-    prox_form: str = "l2"  # FedProx: l2 = mu/2 ||w - w_g||^2 (paper); smooth_l1 = authors' code
-    tau: float = 0.5  # MOON temperature
-    alpha: float = 0.01  # FedDyn regularisation strength
-    pan_op: str = "mul"  # FedPAN: add | mul
-    pan_t: float = 1.0  # FedPAN: period T of the sin mask
-    pan_a: float = 0.05  # FedPAN: amplitude A
+        _choice("model.name", self.name, MODEL_NAMES)
 
 
 @dataclass
 class PartitionConfig:
-    scheme: str = "dirichlet"  # dirichlet (flwr-datasets) | authors (per-client Dirichlet) | iid
-    alpha: float = 0.5
+    scheme: str = "dirichlet"  # dirichlet (flwr-datasets) | authors (their per-client Dirichlet) | iid
+    alpha: float = 0.5  # Dirichlet concentration α
     seed: int = 0
-    min_size: int = 10
+    min_size: int = 10  # smallest client: dirichlet resamples until met; authors drops smaller clients
+    holdout: float = 0.0  # fraction of each client's data kept out of training (its local test set)
+
+    def __post_init__(self) -> None:
+        _choice("partition.scheme", self.scheme, PARTITION_SCHEMES)
+        _check("partition.alpha", self.alpha, self.alpha > 0, "> 0")
+        _check("partition.seed", self.seed, self.seed >= 0, ">= 0")
+        _check("partition.min_size", self.min_size, self.min_size >= 0, ">= 0")
+        _check("partition.holdout", self.holdout, 0 <= self.holdout < 1, "in [0, 1)")
 
 
 @dataclass
 class FederationConfig:
     num_clients: int = 20
-    fraction: float = 0.5
+    fraction: float = 0.5  # clients sampled per round: round(fraction x num_clients), at least 1
     min_replies: int = 1  # a round with fewer valid client updates is not aggregated
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+
+    def __post_init__(self) -> None:
+        _check("federation.num_clients", self.num_clients, self.num_clients >= 1, ">= 1")
+        _check("federation.fraction", self.fraction, 0 < self.fraction <= 1, "in (0, 1]")
+        _check("federation.min_replies", self.min_replies, self.min_replies >= 1, ">= 1")
+        _check("federation.round_timeout", self.round_timeout, self.round_timeout > 0, "> 0")
 
 
 @dataclass
@@ -72,176 +87,190 @@ class TrainConfig:
     grad_clip: float = 100.0  # max gradient norm; 0 disables clipping
     weighted: bool = False  # sample-weighted mean instead of Algorithm 1's plain mean
 
+    def __post_init__(self) -> None:
+        for key in ("rounds", "local_epochs", "batch_size"):
+            _check(f"train.{key}", getattr(self, key), getattr(self, key) >= 1, ">= 1")
+        _check("train.lr", self.lr, self.lr > 0, "> 0")
+        _check("train.momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
+        _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0")
+
 
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate the global model centrally every k rounds (and the last)
     batch_size: int = 1000
 
+    def __post_init__(self) -> None:
+        _check("eval.every", self.every, self.every >= 1, ">= 1")
+        _check("eval.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0  # server checkpoint every k rounds (0: only the last round)
+    every: int = 0  # server checkpoint (and resume state) every k rounds; 0: only the last round
     clients: bool = False  # also save each participating client's model at checkpoint rounds
+
+    def __post_init__(self) -> None:
+        _check("checkpoint.every", self.every, self.every >= 0, ">= 0")
 
 
 @dataclass
 class EngineConfig:
     name: str = "flower"  # flower (Ray simulation) | cohort (one process, all clients at once)
-    num_cpus: float = 1.0  # Ray resources per client
-    num_gpus: float = 0.0  # Ray GPU share per client (e.g. 0.1 = ten clients per GPU)
+    num_cpus: float = 1.0  # Ray CPUs per client (engine=flower)
+    num_gpus: float = 0.0  # Ray GPU share per client; 0 on a GPU machine: the round's clients share one
+
+    def __post_init__(self) -> None:
+        _choice("engine.name", self.name, ENGINES)
+        _check("engine.num_cpus", self.num_cpus, self.num_cpus > 0, "> 0")
+        _check("engine.num_gpus", self.num_gpus, self.num_gpus >= 0, ">= 0")
 
 
 @dataclass
 class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # the dataclass of method.name
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    seed: int = 0
+    seed: int = 0  # model initialisation, client sampling, local data order
     out: str = ""  # the run directory ("" = runs/<time>_<method>_<dataset>)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str = ""  # a run directory to continue
 
-    # ---- flat <-> typed ----
-    @classmethod
-    def from_flat(cls, flat: Flat, *, ignore_unknown: bool = False) -> RunConfig:
-        """Build and validate a config from dotted keys; unknown keys are an error."""
-        cfg = cls()
-        known = set(cfg.to_flat())
-        for key, value in flat.items():
-            if key not in known:
-                if ignore_unknown:
-                    continue
-                raise ConfigError(
-                    f"unknown config key '{key}'; accepted keys: {', '.join(sorted(known))}"
-                )
-            _assign(cfg, key, value)
-        cfg.validate()
-        return cfg
-
-    def to_flat(self) -> Flat:
-        """Dotted keys -> plain values (str, int, float, bool), as in Flower's run_config."""
-        flat: Flat = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                for sub in fields(value):
-                    flat[f"{f.name}.{sub.name}"] = getattr(value, sub.name)
-            else:
-                flat[f.name] = value
-        return flat
-
-    def replace(self, **flat_overrides: Any) -> RunConfig:
-        """A copy with some dotted keys changed (keys given with '__' for '.')."""
-        flat = self.to_flat()
-        flat.update({k.replace("__", "."): v for k, v in flat_overrides.items()})
-        return RunConfig.from_flat(flat)
-
-    # ---- checks ----
-    def validate(self) -> None:
-        from fedsign.data.specs import DATASET_NAMES
-        from fedsign.models.registry import MODEL_NAMES
-        from strategies.fedsign import SIGN_REDUCTIONS
-        from strategies.registry import METHOD_NAMES
-
-        _choice("dataset.name", self.dataset.name, DATASET_NAMES)
-        _choice("model.name", self.model.name, MODEL_NAMES)
-        _choice("method.name", self.method.name, METHOD_NAMES)
-        _choice("method.prox_form", self.method.prox_form, ("l2", "smooth_l1"))
-        _choice("method.pan_op", self.method.pan_op, ("add", "mul"))
-        _choice("method.sign_reduction", self.method.sign_reduction, SIGN_REDUCTIONS)
-        _choice("partition.scheme", self.partition.scheme, ("dirichlet", "authors", "iid"))
-        _choice("engine.name", self.engine.name, ("flower", "cohort"))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+    def __post_init__(self) -> None:
+        _check("seed", self.seed, 0 <= self.seed < 2**63, "in [0, 2^63)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device={self.device!r} is not accepted; use auto, cpu, cuda or cuda:N")
-        _positive("partition.alpha", self.partition.alpha)
-        _positive("method.sign_temperature", self.method.sign_temperature)
-        _positive("method.tau", self.method.tau)
-        _positive("train.lr", self.train.lr)
-        _positive("federation.round_timeout", self.federation.round_timeout)
-        for key, value in (("method.gamma", self.method.gamma), ("method.mu", self.method.mu),
-                           ("method.alpha", self.method.alpha), ("method.pan_a", self.method.pan_a),
-                           ("train.weight_decay", self.train.weight_decay),
-                           ("train.grad_clip", self.train.grad_clip),
-                           ("partition.min_size", self.partition.min_size),
-                           ("checkpoint.every", self.checkpoint.every),
-                           ("engine.num_gpus", self.engine.num_gpus)):
-            if value < 0:
-                raise ConfigError(f"{key}={value} is out of range; it must be >= 0")
-        if not 0 <= self.train.momentum < 1:
-            raise ConfigError(f"train.momentum={self.train.momentum} is out of range; it must be in [0, 1)")
-        if not 0 < self.federation.fraction <= 1:
-            raise ConfigError(
-                f"federation.fraction={self.federation.fraction} is out of range; it must be in (0, 1]"
-            )
-        for key, value in (("train.rounds", self.train.rounds),
-                           ("train.local_epochs", self.train.local_epochs),
-                           ("train.batch_size", self.train.batch_size),
-                           ("federation.num_clients", self.federation.num_clients),
-                           ("federation.min_replies", self.federation.min_replies),
-                           ("eval.every", self.eval.every), ("eval.batch_size", self.eval.batch_size)):
-            if value < 1:
-                raise ConfigError(f"{key}={value} is out of range; it must be >= 1")
-        if self.engine.num_cpus <= 0:
-            raise ConfigError(f"engine.num_cpus={self.engine.num_cpus} is out of range; it must be > 0")
         if self.federation.min_replies > self.clients_per_round:
-            raise ConfigError(
-                f"federation.min_replies={self.federation.min_replies} is larger than the "
-                f"{self.clients_per_round} clients sampled per round"
-            )
+            raise ConfigError(f"federation.min_replies={self.federation.min_replies} is larger than the "
+                              f"{self.clients_per_round} clients sampled per round")
+        for key, value in self.to_flat().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}={value} is not accepted; it must be a finite number")
 
     @property
     def clients_per_round(self) -> int:
         """Clients sampled per round: fraction x N, at least one."""
         return max(1, int(round(self.federation.fraction * self.federation.num_clients)))
 
+    # ---- flat <-> typed ----
+    @classmethod
+    def from_flat(cls, flat: Flat) -> RunConfig:
+        """Build and check a config from dotted keys (Flower's run_config, Hydra's flattened config,
+        a run directory's config.yaml). A `method.*` key set to "" means the method's default."""
+        try:
+            nested = unflatten_dict({k: v for k, v in flat.items() if not (k.startswith("method.") and v == "")})
+        except (TypeError, AttributeError):
+            raise ConfigError(f"the keys {sorted(flat)} do not form one config (a key is also another's parent)") from None
+        method = nested.get("method", {})
+        if not isinstance(method, dict):
+            raise ConfigError(f"method={method!r} is not accepted; set method.name")
+        name = method.get("name", MethodConfig.name)
+        _choice("method.name", name, METHOD_NAMES)
+        schema = OmegaConf.structured(cls(method=METHODS[name].config()))
+        try:
+            return OmegaConf.to_object(OmegaConf.merge(schema, nested))  # type: ignore[return-value]
+        except OmegaConfBaseException as exc:
+            raise omegaconf_error(exc, flat, name) from None
+        except ValueError as exc:  # a method's own check (strategies/)
+            raise ConfigError(str(exc)) from None
+
+    def to_flat(self) -> Flat:
+        """Dotted keys -> plain values (str, int, float, bool), as in Flower's run_config."""
+        return flatten_dict(dataclasses.asdict(self))
+
+    def replace(self, **flat_overrides: Any) -> RunConfig:
+        """A copy with some dotted keys changed (keys given with '__' for '.'). Changing method.name
+        starts from that method's defaults."""
+        overrides = {k.replace("__", "."): v for k, v in flat_overrides.items()}
+        flat = self.to_flat()
+        if overrides.get("method.name", self.method.name) != self.method.name:
+            flat = {k: v for k, v in flat.items() if not k.startswith("method.")}
+        return RunConfig.from_flat({**flat, **overrides})
 
 
-def _choice(key: str, value: str, accepted: tuple[str, ...] | list[str]) -> None:
+def method_keys() -> list[str]:
+    """Every `method.*` key some method has (the union Flower's run_config must list)."""
+    keys = {f"method.{f.name}" for m in METHODS.values() for f in dataclasses.fields(m.config)}
+    return ["method.name"] + sorted(keys - {"method.name"})
+
+
+# `flwr run .` runs on Flower's local simulation federation, which has 2 SuperNodes by default.
+LOCAL_FEDERATION = {"federation.num_clients": 2, "federation.fraction": 1.0}
+
+
+def flwr_app_defaults() -> Flat:
+    """[tool.flwr.app.config] of pyproject.toml: RunConfig's defaults on the local federation, and
+    every method's keys as "" (the chosen method's own default); Flower accepts only keys listed there."""
+    flat: Flat = {}
+    for key, value in {**RunConfig().to_flat(), **LOCAL_FEDERATION}.items():
+        flat[key] = value
+        if key == "method.name":
+            flat.update({k: "" for k in method_keys()[1:]})
+    return flat
+
+
+def _check(key: str, value: Any, ok: bool, must: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range; it must be {must}")
+
+
+def _choice(key: str, value: Any, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ConfigError(f"{key}={value!r} is not known; accepted: {', '.join(accepted)}")
 
 
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value} is out of range; it must be > 0")
+def omegaconf_error(exc: OmegaConfBaseException, given: Flat, method: str) -> ConfigError:
+    """OmegaConf's report on an unknown key or a value of the wrong type, as one fedsign line
+    (`given`: the dotted keys and values that were set; `method`: method.name)."""
+    key = exc.full_key or ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
+        if key.startswith("method."):
+            own = [f"method.{f.name}" for f in dataclasses.fields(METHODS[method].config) if f.name != "name"]
+            return ConfigError(f"{key} is not a setting of method.name={method}; its settings: {', '.join(own) or 'none'}")
+        accepted = sorted(k for k in RunConfig().to_flat() if not k.startswith("method."))
+        return ConfigError(f"unknown config key '{key}'; accepted keys: {', '.join(accepted)}, method.*")
+    text = str(exc).splitlines()[0]
+    for kind, words in (("Integer", "it must be a whole number"), ("Float", "it must be a number"),
+                        ("bool", "it must be true or false"), ("str", "it must be a string")):
+        if kind in text:
+            return ConfigError(f"{key}={given.get(key, '?')!r} is not accepted; {words}")
+    return ConfigError(f"{key or 'config'}: {text}")
 
 
-def _assign(cfg: RunConfig, key: str, value: Any) -> None:
-    """Set a dotted key, coercing Flower/Hydra scalars to the field's type."""
-    *path, name = key.split(".")
-    target: Any = cfg
-    for part in path:
-        target = getattr(target, part)
-    default = getattr(target, name)
-    setattr(target, name, _coerce(key, value, type(default)))
+# ---- pyproject.toml's [tool.flwr.app.config], generated ----
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+BEGIN = "# ---- generated by `python -m fedsign.config --write` from fedsign/config.py: do not edit ----"
+END = "# ---- end of generated config ----"
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    if kind is bool:
+def pyproject_section() -> str:
+    def toml(value: Any) -> str:
         if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}={value!r} is not accepted; it must be true or false")
-    if kind is str:
-        return "" if value is None else str(value)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not accepted; it must be a number") from None
-    if kind is int:
-        if number != int(number):
-            raise ConfigError(f"{key}={value!r} is not accepted; it must be a whole number")
-        return int(number)
-    return number
+            return "true" if value else "false"
+        return repr(value) if isinstance(value, (int, float)) else f'"{value}"'
+
+    lines = [BEGIN, "# RunConfig's defaults on Flower's local federation (2 SuperNodes); a method.* key left \"\" takes",
+             "# the default of the method that method.name selects (its dataclass in strategies/<method>.py).",
+             "[tool.flwr.app.config]"]
+    lines += [f'"{k}" = {toml(v)}' for k, v in flwr_app_defaults().items()]
+    return "\n".join(lines + [END])
+
+
+def write_pyproject(path: Path = PYPROJECT) -> None:
+    text = path.read_text()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    path.write_text(text[:start] + pyproject_section() + text[stop:])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_pyproject()
+    else:
+        print(pyproject_section())

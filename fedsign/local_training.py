@@ -22,7 +22,7 @@ from strategies.objective import ClientObjective
 
 @dataclass
 class LocalResult:
-    state: Params  # the exchanged float state after training (parameters + BN statistics), on CPU
+    state: Params  # the exchanged float state after training (parameters + BN statistics), on the device
     method_state: Params  # what the objective keeps for this client's next round
     num_examples: int
     train_loss: float  # mean total loss over the local steps
@@ -93,7 +93,7 @@ def train_locally(model: nn.Module, objective: ClientObjective, method_state: Pa
         total += loss.detach()
         total_ce += ce.detach()
     new_state = objective.next_state(detached(params), consts, method_state)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     n_steps = max(len(steps), 1)
-    return LocalResult(state, {k: v.detach().cpu() for k, v in new_state.items()}, len(data),
+    return LocalResult(state, detached(new_state), len(data),
                        float(total) / n_steps, float(total_ce) / n_steps, len(steps))

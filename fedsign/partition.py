@@ -1,12 +1,16 @@
 """Dirichlet label-skew partitions of a training set over N clients, reproducible for a seed.
 
-Schemes (say which one a result used; both are "Dirichlet label skew", NOTES.md section 2):
+Schemes (both are "Dirichlet label skew"; a result should say which one it used):
 - `dirichlet`: flwr-datasets' DirichletPartitioner: per class, a Dirichlet(alpha) over clients,
-  resampled until every client holds at least `min_size` samples.
-- `authors`: the authors' FL code: one Dirichlet(alpha) vector over classes per client, columns
-  normalised over clients, each class's indices cut by cumulative counts; clients under `min_size`
-  samples are left empty rather than resampled.
+  resampled until every client holds at least `min_size` samples. Client sizes vary widely
+  (124-1,232 for 100 clients, alpha 0.5, CIFAR-10).
+- `authors`: the authors' FL code (lxcnju/FedRepo, datasets/feddata.py): one Dirichlet(alpha) vector
+  over classes per client, columns normalised over clients, each class's indices cut by cumulative
+  counts; clients under `min_size` samples are left empty (and never sampled) rather than resampled.
+  Sizes stay close (467-534 for the same setting).
 - `iid`: a uniform random split (a reference point).
+`holdout` keeps a fraction of each client's data out of training, as the authors keep 20 % of each
+client's data as its local test set.
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ def partition_indices(labels: np.ndarray, num_clients: int, cfg: PartitionConfig
         parts = _authors_dirichlet(labels, num_clients, cfg.alpha, cfg.seed, cfg.min_size)
     else:
         parts = np.array_split(np.random.default_rng(cfg.seed).permutation(len(labels)), num_clients)
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    return [training_part(p, cfg.holdout, cfg.seed, client) for client, p in enumerate(parts)]
+
+
+def training_part(indices: np.ndarray, holdout: float, seed: int, client: int) -> np.ndarray:
+    """A client's indices minus its local test set: round(holdout x n) of them, drawn from (seed, client)."""
+    n_test = int(round(holdout * len(indices)))
+    if n_test == 0:
+        return indices
+    keep = np.random.default_rng([seed, client]).permutation(len(indices))[n_test:]
+    return np.sort(indices[keep])
 
 
 def _flwr_dirichlet(labels: np.ndarray, num_clients: int, cfg: PartitionConfig) -> list[np.ndarray]:

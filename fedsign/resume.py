@@ -17,7 +17,7 @@ from fedsign.errors import CheckpointError, ConfigError
 from fedsign.run_dir import RunDirectory, read_config
 
 Tensors = dict[str, torch.Tensor]
-STATE_FORMAT = "1"
+STATE_FORMAT = "2"
 # keys a resumed run may set differently from the run it continues (everything else must match)
 RESUMABLE_KEYS = ("train.rounds", "device", "engine.name", "engine.num_cpus", "engine.num_gpus",
                   "federation.round_timeout", "eval.batch_size", "checkpoint.every", "checkpoint.clients",

@@ -1,5 +1,6 @@
-"""The run directory contract (DESIGN.md): config.yaml, metrics.jsonl, results.json, checkpoints/
-(and checkpoints/resume.safetensors, the server state a killed run continues from)."""
+"""A run directory: config.yaml (the resolved config), metrics.jsonl (one JSON object per evaluated
+round), results.json (the summary), checkpoints/ (safetensors models, and resume.safetensors, the
+server state a killed run continues from), partition.json/png and curves.png."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from flwr.common.config import flatten_dict, unflatten_dict
 
 from fedsign.atomic import atomic_target
 from fedsign.config import RunConfig
+from fedsign.errors import ConfigError
 
 
 def default_run_path(cfg: RunConfig) -> Path:
@@ -38,14 +41,11 @@ def holds_run(path: str | Path) -> bool:
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The flat dotted keys of a run directory's config.yaml."""
-    def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return flat
-
-    tree = yaml.safe_load((Path(path) / "config.yaml").read_text())
-    return flatten(tree if isinstance(tree, dict) else {})
+    try:
+        tree = yaml.safe_load((Path(path) / "config.yaml").read_text())
+        return flatten_dict(tree if isinstance(tree, dict) else {})
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"'{Path(path) / 'config.yaml'}' is not a fedsign config: {' '.join(str(exc).split())}") from None
 
 
 class RunDirectory:
@@ -56,14 +56,7 @@ class RunDirectory:
         self.resume_state = self.checkpoints / "resume.safetensors"
 
     def write_config(self, cfg: RunConfig) -> None:
-        nested: dict[str, Any] = {}
-        for key, value in cfg.to_flat().items():
-            *parents, leaf = key.split(".")
-            node = nested
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        write_atomic(self.path / "config.yaml", yaml.safe_dump(nested, sort_keys=False))
+        write_atomic(self.path / "config.yaml", yaml.safe_dump(unflatten_dict(cfg.to_flat()), sort_keys=False))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as handle:

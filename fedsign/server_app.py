@@ -14,11 +14,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsign.config import RunConfig
+from fedsign.data.sources import dataset_root
 from fedsign.data.specs import dataset_spec
 from fedsign.devices import resolve_device
 from fedsign.errors import ConfigError, FedsignError
-from fedsign.methods import make_objective, make_strategy, pan_spec
-from fedsign.models import build_model, load_exchanged, parameter_names
+from fedsign.methods import pan_spec
+from fedsign.models import build_model, load_exchanged
 from fedsign.resume import load_server_state, resumed_config
 from fedsign.run_dir import RunDirectory, default_run_path, holds_run
 from fedsign.server_loop import run_federation
@@ -28,10 +29,13 @@ app = ServerApp()
 log = logging.getLogger("fedsign")
 
 
-def resolve_out(cfg: RunConfig) -> RunConfig:
-    """Fix the run directory once, as an absolute path, before the config is sent to any client."""
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """Fix the run directory and the dataset root ($FEDSIGN_<NAME> when unset) once, as absolute
+    paths, before the config is written or sent to any client."""
     out = Path(cfg.out) if cfg.out else default_run_path(cfg)
-    return cfg.replace(out=str(out.expanduser().resolve()))
+    root = dataset_root(cfg.dataset.name, cfg.dataset.root)
+    return cfg.replace(out=str(out.expanduser().resolve()),
+                       dataset__root=str(Path(root).expanduser().resolve()) if root else "")
 
 
 def prepare_run(cfg: RunConfig, explicit: set[str] | None = None) -> RunConfig:
@@ -40,7 +44,7 @@ def prepare_run(cfg: RunConfig, explicit: set[str] | None = None) -> RunConfig:
     is the resumed run's config (`explicit`: the keys the user set, see resumed_config)."""
     if cfg.resume:
         cfg = resumed_config(cfg, explicit)
-    cfg = resolve_out(cfg)
+    cfg = resolve_paths(cfg)
     if not cfg.resume and holds_run(cfg.out):
         raise ConfigError(f"out={cfg.out!r} already holds a run; continue it with resume={cfg.out} "
                           "or choose another out")
@@ -48,11 +52,6 @@ def prepare_run(cfg: RunConfig, explicit: set[str] | None = None) -> RunConfig:
     dataset_on(cfg, torch.device("cpu"))  # cached: the server loop reuses it
     model = build_model(cfg.model.name, dataset_spec(cfg.dataset.name), pan_spec(cfg))
     partitions(cfg)
-    try:  # a method's own checks on its hyperparameters (e.g. FedDyn needs method.alpha > 0)
-        make_strategy(cfg, parameter_names(model))
-        make_objective(cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     if cfg.resume:
         state = load_server_state(RunDirectory(cfg.out), cfg)
         load_exchanged(model, state.global_state, what=f"the server state in {cfg.out}")

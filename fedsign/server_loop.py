@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from fedsign.checkpoint import checkpoint_metadata, save_checkpoint
@@ -27,8 +27,10 @@ from fedsign.partition_report import write_partition_report
 from fedsign.resume import ServerState, load_server_state, save_server_state
 from fedsign.run_dir import RunDirectory
 from fedsign.run_plot import plot_run
-from fedsign.workspace import dataset_on, initial_model, partitions
+from fedsign.workspace import active_clients, dataset_on, initial_model, partitions
+from strategies.base import RoundOutcome
 from strategies.sign_metrics import sign_change_fraction
+from strategies.validation import Update
 
 log = logging.getLogger("fedsign")
 # seconds to wait for all clients to connect at the start (at least; a round may allow more)
@@ -37,24 +39,31 @@ CONNECT_WAIT = 600.0
 
 @dataclass
 class Window:
-    """Per-round training metrics gathered since the last evaluated round."""
+    """Per-round training metrics gathered since the last evaluated round, and who took part."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
-    rejected: int = 0
-    missing: int = 0  # sampled clients that did not reply within federation.round_timeout
+    rejected: dict[str, str] = field(default_factory=dict)  # client id -> reason (its latest rejection)
+    missing: list[int] = field(default_factory=list)  # sampled, no reply reached the server
+    replied: list[int] = field(default_factory=list)  # their updates were aggregated (or valid, if skipped)
+    rejected_updates: int = 0
+    missing_replies: int = 0
     skipped: int = 0  # rounds not aggregated (fewer valid replies than federation.min_replies)
 
-    def add(self, metrics: dict[str, Any]) -> None:
-        self.rejected += int(metrics.get("rejected_updates", 0))
-        self.missing += int(metrics.get("missing_replies", 0))
-        self.skipped += int(metrics.get("skipped", 0))
-        for key in ("train_loss", "sign_flip_fraction", "global_sign_consistency"):
-            if key in metrics:
-                self.values.setdefault(key, []).append(float(metrics[key]))
+    def add(self, outcome: RoundOutcome) -> None:
+        self.rejected.update({str(cid): reason for cid, reason in outcome.rejected.items()})
+        self.missing = sorted(set(self.missing) | set(outcome.missing))
+        self.replied = sorted(set(self.replied) | {u.client_id for u in outcome.updates})
+        self.rejected_updates += len(outcome.rejected)
+        self.missing_replies += len(outcome.missing)
+        self.skipped += outcome.new_global is None
+        for key in ("train_loss", "train_ce", "sign_flip_fraction", "global_sign_consistency"):
+            if key in outcome.metrics:
+                self.values.setdefault(key, []).append(float(outcome.metrics[key]))
 
     def summary(self) -> dict[str, Any]:
         row: dict[str, Any] = {k: sum(v) / len(v) for k, v in self.values.items()}
-        row.update(rejected_updates=self.rejected, missing_replies=self.missing, skipped_rounds=self.skipped)
+        row.update(rejected_updates=self.rejected_updates, missing_replies=self.missing_replies,
+                   skipped_rounds=self.skipped, replied=self.replied, missing=self.missing, rejected=self.rejected)
         return row
 
 
@@ -65,11 +74,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
     model = initial_model(cfg).to(device)
     param_keys = parameter_names(model)
     test = dataset_on(cfg, device).test
-    strategy = make_strategy(cfg, param_keys)
     if cfg.resume:
         state = load_server_state(run_dir, cfg)
-        load_exchanged(model, state.global_state, what=f"the server state in {run_dir.path}")
-        strategy.load_state_dict(state.strategy_state)
         if state.rng is not None:
             torch.set_rng_state(state.rng)
         rows = run_dir.truncate_metrics(state.round)
@@ -79,14 +85,14 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
         labels = dataset_on(cfg, torch.device("cpu")).train.y.numpy()
         write_partition_report(class_counts(labels, list(parts), spec.num_classes), spec.classes,
                                cfg.partition.scheme, cfg.partition.alpha, run_dir.path)
-        state = ServerState(0, {k: v.cpu().clone() for k, v in exchanged_state(model).items()}, {},
-                            uuid.uuid4().hex[:16])
+        state = ServerState(0, {k: v.clone() for k, v in exchanged_state(model).items()}, {}, uuid.uuid4().hex[:16])
         rows = []
     log.info("waiting for %d clients", cfg.federation.num_clients)
-    strategy.nodes = discover_clients(grid, cfg.federation.num_clients,
-                                      max(cfg.federation.round_timeout, CONNECT_WAIT))
+    nodes = discover_clients(grid, cfg.federation.num_clients, max(cfg.federation.round_timeout, CONNECT_WAIT))
+    strategy = make_strategy(cfg, param_keys, {cid: nodes[cid] for cid in active_clients(cfg)})
+    strategy.load_state_dict(state.strategy_state)
 
-    global_state = state.global_state
+    global_state = {k: v.to(device) for k, v in state.global_state.items()}
     # the run stamp tells clients which saved method state belongs to this run (fedsign.client_state)
     config = ConfigRecord({**cfg.to_flat(), "run-stamp": state.run_stamp})
     window = Window(**state.window)
@@ -94,25 +100,21 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
     round_start = time.time()
     rounds = cfg.train.rounds
     for server_round in range(state.round + 1, rounds + 1):
-        messages = list(strategy.configure_train(server_round, ArrayRecord(torch_state_dict=global_state),
-                                                 config, grid))
-        replies = list(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
-        arrays, metrics = strategy.aggregate_train(server_round, replies)
-        round_metrics: dict[str, Any] = dict(metrics or {})
-        round_metrics["missing_replies"] = len(messages) - len(replies)
-        if round_metrics["missing_replies"]:
-            log.warning("round %d: %d of %d sampled clients did not reply within federation.round_timeout="
-                        "%g s", server_round, len(messages) - len(replies), len(messages),
-                        cfg.federation.round_timeout)
-        if arrays is None:
-            round_metrics["skipped"] = 1
+        messages = strategy.configure_train(server_round, global_state, config)
+        replies = grid.send_and_receive(messages, timeout=cfg.federation.round_timeout)
+        outcome = strategy.aggregate_train(server_round, replies)
+        if outcome.missing:
+            log.warning("round %d: %d of %d sampled clients did not reply within federation.round_timeout=%g s "
+                        "(clients %s)", server_round, len(outcome.missing), len(outcome.sampled),
+                        cfg.federation.round_timeout, ", ".join(map(str, outcome.missing)))
+        if outcome.new_global is None:
             log.warning("round %d: %d valid updates (< federation.min_replies=%d); the global model is kept",
-                        server_round, int(round_metrics.get("clients", 0)), cfg.federation.min_replies)
+                        server_round, len(outcome.updates), cfg.federation.min_replies)
         else:
-            new_state = arrays.to_torch_state_dict()
-            round_metrics["global_sign_consistency"] = 1.0 - sign_change_fraction(global_state, new_state, param_keys)
-            global_state = new_state
-        window.add(round_metrics)
+            outcome.metrics["global_sign_consistency"] = 1.0 - sign_change_fraction(
+                global_state, outcome.new_global, param_keys)
+            global_state = outcome.new_global
+        window.add(outcome)
 
         last = server_round == rounds
         if server_round % cfg.eval.every == 0 or last:
@@ -126,7 +128,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
             round_start = time.time()
             print(progress_line(row, rounds), flush=True)
         if last or (cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0):
-            save_round_checkpoints(cfg, run_dir, server_round, global_state, strategy.updates)
+            save_round_checkpoints(cfg, run_dir, server_round, global_state, outcome.updates)
             save_server_state(run_dir, ServerState(server_round, global_state, strategy.state_dict(),
                                                    state.run_stamp, asdict(window), time.time() - started,
                                                    torch.get_rng_state()), cfg)
@@ -165,7 +167,7 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
 
 
 def save_round_checkpoints(cfg: RunConfig, run_dir: RunDirectory, server_round: int,
-                           global_state: dict[str, torch.Tensor], updates: list) -> None:
+                           global_state: dict[str, torch.Tensor], updates: list[Update]) -> None:
     common = dict(model=cfg.model.name, dataset=cfg.dataset.name, round=server_round,
                   method=cfg.method.name, seed=cfg.seed, pan=pan_spec(cfg))
     save_checkpoint(run_dir.server_checkpoint(server_round), global_state,

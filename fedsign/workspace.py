@@ -3,13 +3,14 @@ partition, and one model object (its weights are overwritten every round)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedsign.config import PartitionConfig, RunConfig
+from fedsign.config import DatasetConfig, PartitionConfig, RunConfig
 from fedsign.data import Dataset, ImageSet, load_dataset
 from fedsign.data.specs import dataset_spec
 from fedsign.methods import pan_spec
@@ -19,28 +20,28 @@ from fedsign.partition import partition_indices
 
 @functools.lru_cache(maxsize=2)
 def _dataset_on(cfg_key: tuple, device: str) -> Dataset:
-    from fedsign.config import DatasetConfig
-
     return load_dataset(DatasetConfig(*cfg_key)).to(device)
 
 
 def dataset_on(cfg: RunConfig, device: torch.device) -> Dataset:
-    d = cfg.dataset
-    return _dataset_on((d.name, d.root, d.use_valid, d.download, d.augment), str(device))
+    return _dataset_on(dataclasses.astuple(cfg.dataset), str(device))
 
 
 @functools.lru_cache(maxsize=4)
 def _partitions(cfg_key: tuple, num_clients: int, part: tuple) -> tuple[np.ndarray, ...]:
-    from fedsign.config import DatasetConfig
-
     labels = load_dataset(DatasetConfig(*cfg_key)).train.y.numpy()
     return tuple(partition_indices(labels, num_clients, PartitionConfig(*part)))
 
 
 def partitions(cfg: RunConfig) -> tuple[np.ndarray, ...]:
-    d, p = cfg.dataset, cfg.partition
-    return _partitions((d.name, d.root, d.use_valid, d.download, d.augment), cfg.federation.num_clients,
-                       (p.scheme, p.alpha, p.seed, p.min_size))
+    """Each client's training indices (after its holdout); a client dropped by the scheme has none."""
+    return _partitions(dataclasses.astuple(cfg.dataset), cfg.federation.num_clients,
+                       dataclasses.astuple(cfg.partition))
+
+
+def active_clients(cfg: RunConfig) -> list[int]:
+    """The clients that hold training data: the only ones ever sampled."""
+    return [cid for cid, part in enumerate(partitions(cfg)) if len(part) > 0]
 
 
 def client_data(cfg: RunConfig, client_id: int, device: torch.device) -> ImageSet:
@@ -49,12 +50,13 @@ def client_data(cfg: RunConfig, client_id: int, device: torch.device) -> ImageSe
 
 
 @functools.lru_cache(maxsize=2)
-def _model(name: str, dataset: str, pan: PanSpec | None, device: str) -> nn.Module:
+def _model(name: str, dataset: str, pan: PanSpec | None, device: str, dtype: torch.dtype) -> nn.Module:
     return build_model(name, dataset_spec(dataset), pan).to(device)
 
 
 def model_for(cfg: RunConfig, device: torch.device) -> nn.Module:
-    return _model(cfg.model.name, cfg.dataset.name, pan_spec(cfg), str(device))
+    """This process's model object for the config (in torch's default dtype), reused across messages."""
+    return _model(cfg.model.name, cfg.dataset.name, pan_spec(cfg), str(device), torch.get_default_dtype())
 
 
 def _seeded_model(name: str, dataset: str, pan: PanSpec | None, seed: int) -> nn.Module:
@@ -69,10 +71,12 @@ def initial_model(cfg: RunConfig) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _initial_parameters(name: str, dataset: str, pan: PanSpec | None, seed: int, device: str) -> dict:
+def _initial_parameters(name: str, dataset: str, pan: PanSpec | None, seed: int, device: str,
+                        dtype: torch.dtype) -> dict:
     return {k: v.detach().to(device) for k, v in _seeded_model(name, dataset, pan, seed).named_parameters()}
 
 
 def initial_parameters(cfg: RunConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """θ_0's parameters on `device`, rebuilt by a client exactly as the server builds θ_0; cached."""
-    return _initial_parameters(cfg.model.name, cfg.dataset.name, pan_spec(cfg), cfg.seed, str(device))
+    return _initial_parameters(cfg.model.name, cfg.dataset.name, pan_spec(cfg), cfg.seed, str(device),
+                               torch.get_default_dtype())

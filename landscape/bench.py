@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsign.config import DatasetConfig
+from fedsign.data import DatasetConfig
 from fedsign.data import load_dataset, normalize
 from fedsign.data.specs import dataset_spec
 from fedsign.errors import FedsignError

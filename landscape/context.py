@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedsign.checkpoint import model_from_checkpoint
-from fedsign.config import DatasetConfig
+from fedsign.data import DatasetConfig
 from fedsign.data import DatasetSpec, load_dataset, normalize
 from fedsign.data.specs import dataset_spec
 from fedsign.errors import ConfigError

@@ -8,8 +8,9 @@
 
 All three engines train the same sampled clients on the same partitions and evaluate the global
 model centrally once per round. Prints one JSON object (docs/BENCHMARKS.md explains the fields).
-Defaults are the paper's Table-1 round (CIFAR-10, VGG8, 100 clients, 10 per round, 5 local epochs,
-batch 64); `--dataset digits --model smallcnn` runs anywhere in seconds.
+Defaults are the dataset's setting: for CIFAR-10/CINIC-10 the paper's Table-1 round (+experiment=table1:
+VGG8, 100 clients, 10 per round, 5 local epochs, batch 64, lr 0.03), for digits fedsign-sim's quick run
+(smallcnn, 20 clients, 10 per round), which runs anywhere in seconds; flags change single settings.
 """
 
 from __future__ import annotations
@@ -17,41 +18,58 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from fedsign.config import RunConfig
-from fedsign.data.specs import dataset_spec
+from fedsign.data.specs import DATASET_NAMES, dataset_spec
 from fedsign.devices import resolve_device
 from fedsign.errors import FedsignError
+from fedsign.server_app import prepare_run
 from fedsign.evaluation import evaluate
 from fedsign.local_training import train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state, load_exchanged
-from fedsign.workspace import client_data, dataset_on, partitions
+from fedsign.workspace import active_clients, client_data, dataset_on, partitions
 from strategies.base import weighted_mean
 from strategies.sampling import client_seed, sample_clients
 
 ENGINES = ("reference", "flower", "cohort", "limit")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit code 2), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# flag -> the run config key it sets (unset flags keep the dataset's default setting)
+SETTING_FLAGS = {"model": "model.name", "clients": "federation.num_clients", "epochs": "train.local_epochs",
+                 "batch": "train.batch_size", "lr": "train.lr", "alpha": "partition.alpha",
+                 "scheme": "partition.scheme", "rounds": "train.rounds", "seed": "seed", "device": "device"}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fedsign-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cinic10 | digits")
+    p = OneLineParser(prog="fedsign-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES,
+                   help="cifar10/cinic10: the Table-1 round (+experiment=table1); digits: fedsign-sim's quick run")
     p.add_argument("--data-root", default="", help="dataset.root (the offline CIFAR-10 copy, ...)")
-    p.add_argument("--model", default="vgg8")
-    p.add_argument("--clients", type=int, default=100, help="federation.num_clients")
-    p.add_argument("--per-round", type=int, default=10, help="clients sampled per round")
-    p.add_argument("--epochs", type=int, default=5, help="local epochs")
-    p.add_argument("--batch", type=int, default=64, help="local batch size")
-    p.add_argument("--lr", type=float, default=0.03)
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of the partition")
+    p.add_argument("--model", help="model.name (default: the dataset's setting)")
+    p.add_argument("--clients", type=int, help="federation.num_clients")
+    p.add_argument("--per-round", type=int, help="clients sampled per round")
+    p.add_argument("--epochs", type=int, help="local epochs")
+    p.add_argument("--batch", type=int, help="local batch size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--alpha", type=float, help="Dirichlet alpha of the partition")
+    p.add_argument("--scheme", help="partition.scheme")
     p.add_argument("--rounds", type=int, default=3, help="rounds per engine; the first is reported apart")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {','.join(ENGINES)}")
     p.add_argument("--limit-batch", type=int, default=0, help="batch of the throughput limit (0: 2048 GPU, 256 CPU)")
@@ -61,17 +79,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="folder for the engines' run directories (default: a temporary one)")
     p.add_argument("--json", default="", help="also write the JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, low in (("limit_batch", 0), ("limit_steps", 1), ("threads", 0), ("per_round", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            p.error(f"argument --{flag.replace('_', '-')}: {value} is out of range; it must be >= {low}")
+    return args
 
 
-def run_config(args: argparse.Namespace, out: Path, engine: str) -> RunConfig:
-    return RunConfig.from_flat({
-        "dataset.name": args.dataset, "dataset.root": args.data_root, "model.name": args.model,
-        "federation.num_clients": args.clients, "federation.fraction": args.per_round / args.clients,
-        "partition.alpha": args.alpha, "train.rounds": args.rounds, "train.local_epochs": args.epochs,
-        "train.batch_size": args.batch, "train.lr": args.lr, "eval.every": 1, "engine.name": engine,
-        "seed": args.seed, "device": args.device, "out": str(out / engine),
-    })
+def base_config(args: argparse.Namespace) -> RunConfig:
+    """The dataset's setting (the Table-1 experiment, or for digits fedsign-sim's quick run) with the
+    flags given on top; checked like any run config."""
+    from sim.main import compose_config
+
+    experiment = [] if args.dataset == "digits" else ["+experiment=table1"]
+    cfg = compose_config(experiment + [f"dataset={args.dataset}"])
+    flat = {**cfg.to_flat(), "dataset.root": args.data_root, "eval.every": 1}
+    flat.update({key: getattr(args, flag) for flag, key in SETTING_FLAGS.items() if getattr(args, flag) is not None})
+    cfg = RunConfig.from_flat(flat)
+    if args.per_round is not None:
+        cfg = cfg.replace(federation__fraction=min(1.0, args.per_round / cfg.federation.num_clients))
+    return cfg
+
+
+def run_config(base: RunConfig, out: Path, engine: str) -> RunConfig:
+    return base.replace(engine__name=engine, out=str(out / engine))
 
 
 def sync(device: torch.device) -> None:
@@ -92,8 +124,7 @@ def samples_per_round(cfg: RunConfig) -> list[int]:
     """Samples trained in each round: local epochs x the sampled clients' partition sizes."""
     parts = partitions(cfg)
     return [cfg.train.local_epochs * sum(len(parts[c]) for c in
-                                         sample_clients(cfg.federation.num_clients, cfg.clients_per_round,
-                                                        cfg.seed, r))
+                                         sample_clients(active_clients(cfg), cfg.clients_per_round, cfg.seed, r))
             for r in range(1, cfg.train.rounds + 1)]
 
 
@@ -117,12 +148,12 @@ def bench_reference(cfg: RunConfig, device: torch.device) -> list[float]:
     for r in range(1, cfg.train.rounds + 1):
         start = time.perf_counter()
         states = []
-        for cid in sample_clients(cfg.federation.num_clients, cfg.clients_per_round, cfg.seed, r):
+        for cid in sample_clients(active_clients(cfg), cfg.clients_per_round, cfg.seed, r):
             load_exchanged(model, global_state)
             result = train_locally(model, make_objective(cfg), {}, client_data(cfg, cid, device), spec, cfg.train,
                                    cfg.dataset.augment, client_seed(cfg.seed, r, cid))
             states.append(result.state)
-        global_state = {k: v.to(device) for k, v in weighted_mean(states, [1.0] * len(states)).items()}
+        global_state = weighted_mean(states, [1.0] * len(states))
         load_exchanged(model, global_state)
         evaluate(model, test, spec, cfg.eval.batch_size)
         sync(device)
@@ -162,22 +193,36 @@ def progress(line: str) -> None:
     print(f"[fedsign-bench] {line}", file=sys.stderr, flush=True)
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def check_inputs(args: argparse.Namespace) -> tuple[list[str], RunConfig]:
+    """The engines to time and the setting, after checking everything the bench needs (the data, the
+    partitions, the device, where the JSON goes), so bad input fails before anything runs."""
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:
         raise FedsignError(f"--engines: unknown {unknown}; accepted: {', '.join(ENGINES)}")
+    if args.json and not os.access(Path(args.json).expanduser().resolve().parent, os.W_OK):
+        raise FedsignError(f"--json {args.json}: its folder does not exist or is not writable")
+    base = base_config(args)
+    # the checks of a run (device, data, model, partitions), for a run directory that is never made
+    prepare_run(base.replace(out=str(Path(tempfile.gettempdir()) / "fedsign-bench-check")))
+    return engines, base
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    engines, setting = check_inputs(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fedsign-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        base = run_config(args, out, "flower")
+        base = run_config(setting, out, "flower")
         device = resolve_device(base.device)
         samples = samples_per_round(base)
         report: dict[str, Any] = {
-            "setting": {"dataset": args.dataset, "model": args.model, "clients": args.clients,
-                        "per_round": base.clients_per_round, "local_epochs": args.epochs, "batch": args.batch,
-                        "rounds": args.rounds, "alpha": args.alpha, "seed": args.seed},
+            "setting": {"dataset": base.dataset.name, "model": base.model.name,
+                        "clients": base.federation.num_clients, "per_round": base.clients_per_round,
+                        "local_epochs": base.train.local_epochs, "batch": base.train.batch_size,
+                        "lr": base.train.lr, "rounds": base.train.rounds, "alpha": base.partition.alpha,
+                        "scheme": base.partition.scheme, "seed": base.seed},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "samples_per_round": statistics.mean(samples[1:] or samples), "engines": {},
@@ -194,7 +239,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 seconds = bench_reference(base, device)
                 report["engines"][engine] = summary(seconds, samples, peak_gib(device))
             elif engine == "cohort":
-                seconds = bench_engine(run_config(args, out, "cohort"))
+                seconds = bench_engine(run_config(base, out, "cohort"))
                 report["engines"][engine] = summary(seconds, samples, peak_gib(device))
             else:  # the clients run in Ray actors, other processes: their memory is not seen from here
                 report["engines"][engine] = summary(bench_engine(base), samples, None)

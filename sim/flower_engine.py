@@ -12,14 +12,23 @@ from flwr.clientapp import ClientApp
 
 from fedsign.client_app import app as client_app
 from fedsign.config import RunConfig
+from fedsign.errors import ConfigError
 from fedsign.server_app import make_server_app
 
 
 def client_resources(cfg: RunConfig) -> dict[str, float]:
-    """Ray resources per client; on a GPU machine with no share given, a round's clients share one GPU."""
+    """Ray resources per client; on a GPU machine with no share given, a round's clients share one GPU.
+    A client asking for more than this machine has could never be scheduled: refused here."""
     gpus = cfg.engine.num_gpus
     if gpus == 0 and torch.cuda.is_available() and cfg.device != "cpu":
         gpus = max(0.05, round(1.0 / cfg.clients_per_round, 3))
+    cpus_here, gpus_here = os.cpu_count() or 1, torch.cuda.device_count()
+    if cfg.engine.num_cpus > cpus_here:
+        raise ConfigError(f"engine.num_cpus={cfg.engine.num_cpus:g} is more than this machine's {cpus_here} CPUs: "
+                          "Ray could never start a client")
+    if gpus > gpus_here:
+        raise ConfigError(f"engine.num_gpus={gpus:g} is more than this machine's {gpus_here} GPUs: "
+                          "Ray could never start a client")
     return {"num_cpus": cfg.engine.num_cpus, "num_gpus": gpus}
 
 

@@ -10,16 +10,25 @@ import sys
 from pathlib import Path
 
 import hydra
+from flwr.common.config import flatten_dict
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from fedsign.config import RunConfig
-from fedsign.errors import FedsignError
+from fedsign.config import RunConfig, omegaconf_error
+from fedsign.errors import ConfigError, FedsignError
 from fedsign.logs import setup_logging
 from fedsign.server_app import prepare_run
-from sim.flatten import hydra_to_flat
+from sim.conf import GROUPS
 
 CONF = Path(__file__).parent / "conf"
+
+
+def to_run_config(hcfg: DictConfig) -> RunConfig:
+    """The composed Hydra config as fedsign's RunConfig (through the same checks as Flower's run_config)."""
+    tree = OmegaConf.to_container(hcfg, resolve=True)
+    assert isinstance(tree, dict)
+    tree.pop("hydra", None)
+    return RunConfig.from_flat(flatten_dict(tree))
 
 
 def run(cfg: RunConfig, explicit: set[str] | None = None) -> dict:
@@ -40,7 +49,7 @@ def explicit_keys(overrides: list[str]) -> set[str]:
     keys = set()
     for item in overrides:
         key = item.lstrip("+~").split("=", 1)[0]
-        keys.add(f"{key}.name" if (CONF / key).is_dir() else key)
+        keys.add(f"{key}.name" if key in GROUPS else key)
     return keys
 
 
@@ -49,32 +58,38 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_overrides(args: list[str]) -> None:
-    """Compose the config once before Hydra runs, so a bad override is one line, not Hydra's report."""
-    if any(a.startswith("-") for a in args):
-        return  # Hydra's own flags (--help, --multirun, --cfg ...): let Hydra handle them
+def compose_hydra(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's composition of `fedsign-sim OVERRIDES...` (no sweeps); a bad override is one ConfigError."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    for item in args:
-        group, _, choice = item.lstrip("+").partition("=")
-        if (CONF / group).is_dir() and not (CONF / group / f"{choice}.yaml").is_file():
-            accepted = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-            fail(f"{group}={choice!r} is not known; accepted: {', '.join(accepted)}")
+    given = dict(item.lstrip("+~").partition("=")[::2] for item in overrides)
+    for group, choice in given.items():
+        if group in GROUPS and choice not in GROUPS[group]:
+            raise ConfigError(f"{group}={choice!r} is not known; accepted: {', '.join(GROUPS[group])}")
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose(config_name="config", overrides=args)
+            return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+        if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+            method = given.get("method", given.get("method.name", RunConfig().method.name))
+            raise omegaconf_error(cause, given, method) from None
         text = re.split(r"\s*(Config search path|Set the environment variable)", str(exc))[0]
-        fail(" ".join(text.split()))
+        raise ConfigError(" ".join(text.split())) from None
+
+
+def compose_config(overrides: list[str]) -> RunConfig:
+    """The RunConfig that `fedsign-sim OVERRIDES...` runs; any bad override is one ConfigError."""
+    return to_run_config(compose_hydra(overrides))
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def hydra_main(hcfg: DictConfig) -> None:
     setup_logging()
     try:
-        cfg = RunConfig.from_flat(hydra_to_flat(hcfg))
+        cfg = to_run_config(hcfg)
         results = run(cfg, explicit_keys(list(HydraConfig.get().overrides.task)))
     except FedsignError as exc:
         fail(str(exc))
@@ -84,7 +99,12 @@ def hydra_main(hcfg: DictConfig) -> None:
 
 
 def main() -> None:
-    check_overrides(sys.argv[1:])
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):  # Hydra's own flags (--help, -m, --cfg ...) go to Hydra
+        try:  # composed once before Hydra runs, so that a bad override is one line, not Hydra's report
+            compose_config(args)
+        except FedsignError as exc:
+            fail(str(exc))
     hydra_main()
 
 

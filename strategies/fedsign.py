@@ -8,7 +8,7 @@ Client k's loss in round t, with global model θ_t and local parameters θ (θ �
 sgp(x) = 1 if x > 0 else 0 (elementwise; an entry of θ_t that is exactly 0 earns no reward),
 σ = sigmoid, τ = `method.sign_temperature` (τ = 1 is the paper), γ = `method.gamma`, and R reduces
 the elementwise reward r_i over every trainable parameter (N entries in T tensors), chosen by
-`method.sign_reduction` because the paper does not say (NOTES §1, docs/fedsign.md):
+`method.sign_reduction` because the paper does not say (docs/fedsign.md measures the choice):
 
     sum:         R = Σ_i r_i
     rms:         R = Σ_i r_i / √N          (default)
@@ -24,16 +24,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from strategies.base import FederatedStrategy
+from strategies.base import FederatedStrategy, MethodConfig
 from strategies.functional import Params, cross_entropy, prefixed, unprefixed
 from strategies.objective import ClientObjective
 
 SIGN_REDUCTIONS = ("rms", "sum", "mean", "tensor_mean")
+
+
+@dataclass
+class FedSignConfig(MethodConfig):
+    """γ grid of the paper (Sect. 6.2): {0.001, 0.01, 0.1}, best reported (small γ for Dirichlet
+    α = 10, 0.01-0.1 for α = 0.5)."""
+
+    name: str = "fedsign"
+    gamma: float = 0.01  # weight γ of the sign reward, Eq. (1)
+    sign_reduction: str = "rms"  # R: how Eq. (1) is reduced over parameters (see the module docstring)
+    sign_temperature: float = 1.0  # τ in σ(θ/τ); 1 = the paper
+
+    def __post_init__(self) -> None:
+        if not self.gamma >= 0:
+            raise ValueError(f"method.gamma={self.gamma} must be >= 0")
+        if self.sign_reduction not in SIGN_REDUCTIONS:
+            raise ValueError(f"method.sign_reduction={self.sign_reduction!r} is not known; "
+                             f"accepted: {', '.join(SIGN_REDUCTIONS)}")
+        if not self.sign_temperature > 0:
+            raise ValueError(f"method.sign_temperature={self.sign_temperature} must be > 0")
 
 
 def sign_reward(params: Mapping[str, torch.Tensor], positive: Mapping[str, torch.Tensor],
@@ -56,15 +76,7 @@ class FedSignStrategy(FederatedStrategy):
 class FedSignObjective(ClientObjective):
     """Eq. (1): L_ce − γ·R(sgp(θ_t)σ(θ/τ) + sgp(−θ_t)σ(−θ/τ)); see the module docstring for R."""
 
-    hyperparameters = ("gamma", "sign_reduction", "sign_temperature")
-
-    def __init__(self, **hyperparameters: Any) -> None:
-        super().__init__(**hyperparameters)
-        if self.sign_reduction not in SIGN_REDUCTIONS:
-            raise ValueError(f"method.sign_reduction={self.sign_reduction!r} is not known; "
-                             f"accepted: {', '.join(SIGN_REDUCTIONS)}")
-        if not self.sign_temperature > 0:
-            raise ValueError(f"method.sign_temperature={self.sign_temperature} must be > 0")
+    cfg: FedSignConfig
 
     def prepare(self, model: nn.Module, global_params: Params, state: Params) -> Params:
         """sgp(θ_t) and sgp(−θ_t) as float masks, fixed for the round."""
@@ -76,5 +88,5 @@ class FedSignObjective(ClientObjective):
              consts: Params) -> tuple[torch.Tensor, torch.Tensor]:
         ce = cross_entropy(model, params, x, y)
         reward = sign_reward(params, unprefixed("pos", consts), unprefixed("neg", consts),
-                             self.sign_temperature, self.sign_reduction)
-        return ce - self.gamma * reward, ce
+                             self.cfg.sign_temperature, self.cfg.sign_reduction)
+        return ce - self.cfg.gamma * reward, ce

@@ -6,29 +6,21 @@ batch of clients (the cohort engine: `params` carry a leading client dimension u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from strategies.base import MethodConfig
 from strategies.functional import Params, cross_entropy
 
 
 class ClientObjective:
-    """Plain local cross-entropy (FedAvg). Methods override `prepare`, `loss` and `next_state`."""
+    """Plain local cross-entropy (FedAvg). Methods override `prepare`, `loss` and `next_state`, and
+    read their settings from `self.cfg` (their MethodConfig subclass, checked when it was made)."""
 
-    # Hyperparameter names this objective reads from the `method.*` config keys.
-    hyperparameters: tuple[str, ...] = ()
-
-    def __init__(self, **hyperparameters: Any) -> None:
-        for name in self.hyperparameters:
-            setattr(self, name, hyperparameters[name])
-
-    @classmethod
-    def from_config(cls, method: Mapping[str, Any]) -> ClientObjective:
-        """Pick this objective's hyperparameters out of the flat `method.*` values."""
-        return cls(**{name: method[name] for name in cls.hyperparameters})
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
 
     def first_state(self, initial: Callable[[], Params]) -> Params:
         """A client's state before its first round; `initial()` gives θ_0's parameters."""

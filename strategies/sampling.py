@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:
+def sample_clients(clients: Sequence[int], per_round: int, seed: int, server_round: int) -> list[int]:
+    """`per_round` of `clients` (sorted ids), uniformly without replacement."""
     rng = np.random.default_rng([seed, server_round])
-    return sorted(rng.choice(num_clients, size=min(per_round, num_clients), replace=False).tolist())
+    return sorted(int(c) for c in rng.choice(np.asarray(clients), size=min(per_round, len(clients)), replace=False))
 
 
 def client_seed(seed: int, server_round: int, client_id: int) -> int:

@@ -17,7 +17,7 @@ from fedsign.config import RunConfig
 from fedsign.run_dir import RunDirectory
 from fedsign.server_loop import run_federation
 from strategies.validation import Rejection, check_reply
-from tests.conftest import cli, cli_env, train_reply
+from tests.conftest import cli, cli_env, pushed, train_message, train_reply
 
 # what each client does in each round (missing: the round's default "ok")
 PLAN = {
@@ -39,7 +39,7 @@ class ScriptedGrid:
 
     def send_and_receive(self, messages, timeout=None):
         replies = []
-        for message in messages:
+        for message in pushed(list(messages)):
             client = message.metadata.dst_node_id - 100
             if "config" not in message.content:  # discovery query
                 replies.append(Message(RecordDict({"m": MetricRecord({"partition-id": client})}), reply_to=message))
@@ -103,10 +103,11 @@ def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
 ])
 def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
     reference = {"w": torch.zeros(2)}
-    result = check_reply(train_reply({"w": torch.ones(2)}, 5, metrics), reference)
-    assert isinstance(result, Rejection) and reason in result.reason and result.node_id == 5
+    result = check_reply(train_reply(train_message(5), {"w": torch.ones(2)}, metrics), 0, reference)
+    assert isinstance(result, Rejection) and reason in result.reason and result.client_id == 0
 
 
+@pytest.mark.slow
 def test_faulty_clients_in_the_simulation_engine(tmp_path):
     out = tmp_path / "run"
     env = cli_env() | {"FEDSIGN_TEST_FAULTS": "0=raise,1=nan,3=slow@2"}

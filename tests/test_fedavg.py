@@ -9,51 +9,47 @@ import subprocess
 import pytest
 import torch
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 
 from fedsign.checkpoint import model_from_checkpoint
 from fedsign.config import DatasetConfig
 from fedsign.data import load_dataset
 from fedsign.evaluation import evaluate
+from strategies.base import MethodConfig
 from strategies.fedavg import FedAvgStrategy
-from tests.conftest import cli, cli_env, train_reply
-
-
-class _Grid:
-    def get_node_ids(self):
-        return [11, 12, 13]
+from tests.conftest import cli, cli_env, pushed, train_reply
 
 
 def _strategy(weighted):
-    strategy = FedAvgStrategy(num_clients=3, clients_per_round=3, seed=0, param_keys=["w", "b"],
-                              weighted=weighted)
-    strategy.nodes = {0: 11, 1: 12, 2: 13}
-    return strategy
+    return FedAvgStrategy(MethodConfig(), nodes={0: 11, 1: 12, 2: 13}, clients_per_round=3, seed=0,
+                          param_keys=["w", "b"], weighted=weighted)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_aggregation_is_the_hand_computed_mean(flower_ids, weighted):
     strategy = _strategy(weighted)
     glob = {"w": torch.tensor([[1.0, -2.0], [0.5, 0.0]]), "b": torch.tensor([0.1, -0.1])}
-    messages = list(strategy.configure_train(1, ArrayRecord(torch_state_dict=glob), ConfigRecord({}), _Grid()))
-    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]
+    messages = pushed(strategy.configure_train(1, glob, ConfigRecord({})))
+    assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13]
     clients = [{"w": torch.tensor([[2.0, -1.0], [0.5, 1.0]]), "b": torch.tensor([0.2, -0.1])},
                {"w": torch.tensor([[0.0, -3.0], [-0.5, 2.0]]), "b": torch.tensor([0.0, 0.3])},
                {"w": torch.tensor([[4.0, 2.0], [0.5, -1.0]]), "b": torch.tensor([-0.1, -0.1])}]
     sizes = [10, 30, 60]
-    replies = [train_reply(c, 11 + i, {"num-examples": n, "train_loss": float(i), "partition-id": i})
-               for i, (c, n) in enumerate(zip(clients, sizes))]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    replies = [train_reply(m, c, {"num-examples": n, "train_loss": float(i), "partition-id": i})
+               for i, (m, c, n) in enumerate(zip(messages, clients, sizes))]
+    outcome = strategy.aggregate_train(1, replies)
+    metrics = outcome.metrics
     weights = [n / 100 for n in sizes] if weighted else [1 / 3] * 3
     for key in ("w", "b"):
         expected = sum(w * c[key] for w, c in zip(weights, clients))
-        assert torch.allclose(arrays.to_torch_state_dict()[key], expected, atol=1e-6)
+        assert torch.allclose(outcome.new_global[key], expected, atol=1e-6)
     assert metrics["train_loss"] == pytest.approx(1.0) and metrics["rejected_updates"] == 0
     # sign flips per client vs the global model sent: 1/6, 2/6 ('b' 0.3 vs -0.1 + 'w' -0.5), 3/6
     flips = [sum(int((torch.sign(glob[k]) != torch.sign(c[k])).sum()) for k in glob) / 6 for c in clients]
     assert metrics["sign_flip_fraction"] == pytest.approx(sum(flips) / 3)
 
 
+@pytest.mark.slow
 def test_simulation_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(

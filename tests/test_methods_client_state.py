@@ -13,10 +13,10 @@ from fedsign.client_app import train
 from fedsign.config import RunConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.models import PanSpec, build_model, exchanged_state, parameter_names
-from strategies.feddyn import FedDynObjective, FedDynStrategy
+from strategies.feddyn import FedDynConfig, FedDynObjective, FedDynStrategy
 from strategies.functional import unprefixed
 from strategies.moon import MoonObjective
-from tests.conftest import train_reply
+from tests.conftest import pushed, train_reply
 
 
 def _flat(method, out, **extra):
@@ -106,24 +106,20 @@ def test_fedpan_reply_carries_no_mask(flower_ids, tmp_path):
 
 
 # ---- FedDyn server ----
-class _Grid:
-    def get_node_ids(self):
-        return [11, 12, 13]
-
-
 def _feddyn_strategy(alpha):
-    strategy = FedDynStrategy(num_clients=3, clients_per_round=2, seed=0, param_keys=["w"],
-                              method={"alpha": alpha})
-    strategy.nodes = {0: 11, 1: 12, 2: 13}
-    return strategy
+    return FedDynStrategy(FedDynConfig(alpha=alpha), nodes={0: 11, 1: 12, 2: 13}, clients_per_round=2, seed=0,
+                          param_keys=["w"])
 
 
 def _round(strategy, server_round, glob, clients):
-    strategy.configure_train(server_round, ArrayRecord(torch_state_dict=glob), ConfigRecord({}), _Grid())
-    replies = [train_reply(c, 11 + i, {"num-examples": 10 * (i + 1), "partition-id": i}) for i, c in enumerate(clients)]
-    arrays, metrics = strategy.aggregate_train(server_round, replies)
-    assert metrics["rejected_updates"] == 0 and "sign_flip_fraction" in metrics
-    return arrays.to_torch_state_dict()
+    """One round in which the sampled clients reply with `clients` (in the order of their ids)."""
+    messages = pushed(strategy.configure_train(server_round, glob, ConfigRecord({})))
+    client_of = {node: cid for cid, node in strategy.nodes.items()}
+    replies = [train_reply(m, c, {"num-examples": 10 * (i + 1), "partition-id": client_of[m.metadata.dst_node_id]})
+               for i, (m, c) in enumerate(zip(messages, clients))]
+    outcome = strategy.aggregate_train(server_round, replies)
+    assert outcome.metrics["rejected_updates"] == 0 and "sign_flip_fraction" in outcome.metrics
+    return outcome.new_global
 
 
 def test_feddyn_server_update_matches_a_hand_computation_over_two_rounds(flower_ids):
@@ -150,6 +146,6 @@ def test_feddyn_server_update_matches_a_hand_computation_over_two_rounds(flower_
     assert torch.equal(_round(resumed, 2, g1, r2)["w"], g2["w"])
 
 
-def test_feddyn_server_rejects_alpha_zero():
+def test_feddyn_rejects_alpha_zero():
     with pytest.raises(ValueError, match="alpha"):
-        _feddyn_strategy(0.0)
+        FedDynConfig(alpha=0.0)

@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_module
 
 from fedsign.checkpoint import load_checkpoint
 from fedsign.config import RunConfig
-from sim.flatten import hydra_to_flat
+from sim.main import to_run_config
 from sim.main import run
 from strategies.registry import METHOD_NAMES
+
+pytestmark = pytest.mark.slow  # Ray (Flower's simulation engine)
 
 COMMON = ["federation.num_clients=2", "federation.fraction=1.0", "train.rounds=2", "train.local_epochs=1",
           "train.batch_size=32", "checkpoint.clients=true", "seed=3"]
@@ -33,7 +35,7 @@ def runs(tmp_path_factory):
     for name, overrides in RUNS.items():
         with initialize_config_module(config_module="sim.conf", version_base="1.3"):
             hcfg = compose(config_name="config", overrides=COMMON + overrides + [f"out={base / name}"])
-        results = run(RunConfig.from_flat(hydra_to_flat(hcfg)))
+        results = run(to_run_config(hcfg))
         assert results["run_dir"] == str(base / name)
     return base
 

@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from fedsign.config import MethodConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.models import PanSpec, build_model, exchanged_state
-from strategies.feddyn import FedDynObjective
-from strategies.fedprox import FedProxObjective
-from strategies.fedsign import FedSignObjective
+from strategies.feddyn import FedDynConfig, FedDynObjective
+from strategies.fedprox import FedProxConfig, FedProxObjective
+from strategies.fedsign import FedSignConfig, FedSignObjective
 from strategies.functional import float_buffers, forward, reference_features, unprefixed
-from strategies.moon import MoonObjective
+from strategies.moon import MoonConfig, MoonObjective
 from strategies.registry import METHODS
 
 SPEC = dataset_spec("digits")
@@ -72,7 +71,7 @@ def test_fedsign_gradient_is_the_analytic_derivative_of_eq1(reduction, temperatu
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}  # biases are exactly 0: no reward
     gamma = 0.3
-    objective = FedSignObjective(gamma=gamma, sign_reduction=reduction, sign_temperature=temperature)
+    objective = FedSignObjective(FedSignConfig(gamma=gamma, sign_reduction=reduction, sign_temperature=temperature))
     consts = objective.prepare(model, glob, {})
     params = _params(model, scale=0.05)
     got = _regulariser_grad(objective, model, params, consts, x, y)
@@ -94,7 +93,7 @@ def test_fedsign_reward_rewards_keeping_the_global_sign():
     """The camera-ready minus sign: the loss decreases when θ moves along sign(θ_t)."""
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = FedSignObjective(gamma=1.0, sign_reduction="sum", sign_temperature=1.0)
+    objective = FedSignObjective(FedSignConfig(gamma=1.0, sign_reduction="sum", sign_temperature=1.0))
     consts = objective.prepare(model, glob, {})
     away = {k: v - 0.01 * torch.sign(v) for k, v in glob.items()}
     toward = {k: v + 0.01 * torch.sign(v) for k, v in glob.items()}
@@ -108,7 +107,7 @@ def test_fedsign_reward_rewards_keeping_the_global_sign():
 def test_fedsign_with_gamma_zero_is_exactly_cross_entropy():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = FedSignObjective(gamma=0.0, sign_reduction="sum", sign_temperature=1.0)
+    objective = FedSignObjective(FedSignConfig(gamma=0.0, sign_reduction="sum", sign_temperature=1.0))
     params = _params(model, scale=0.05)
     total, ce = objective.loss(model, params, x, y, objective.prepare(model, glob, {}))
     assert torch.equal(total, ce)
@@ -119,14 +118,14 @@ def test_fedsign_with_gamma_zero_is_exactly_cross_entropy():
 
 def test_fedsign_rejects_an_unknown_reduction():
     with pytest.raises(ValueError, match="sign_reduction='median'"):
-        FedSignObjective(gamma=0.1, sign_reduction="median", sign_temperature=1.0)
+        FedSignObjective(FedSignConfig(gamma=0.1, sign_reduction="median", sign_temperature=1.0))
 
 
 # ---- FedProx ----
 def test_fedprox_l2_gradient_is_mu_times_the_distance():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = FedProxObjective(mu=0.7, prox_form="l2")
+    objective = FedProxObjective(FedProxConfig(mu=0.7, prox_form="l2"))
     consts = objective.prepare(model, glob, {})
     params = _params(model, scale=0.1)
     got = _regulariser_grad(objective, model, params, consts, x, y)
@@ -139,7 +138,7 @@ def test_fedprox_l2_gradient_is_mu_times_the_distance():
 def test_fedprox_smooth_l1_is_the_authors_huber_variant():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = FedProxObjective(mu=0.5, prox_form="smooth_l1")
+    objective = FedProxObjective(FedProxConfig(mu=0.5, prox_form="smooth_l1"))
     consts = objective.prepare(model, glob, {})
     params = _params(model, scale=1.5)  # differences on both sides of |d| = 1
     got = _regulariser_grad(objective, model, params, consts, x, y)
@@ -154,7 +153,7 @@ def test_feddyn_gradient_is_linear_plus_proximal_and_the_state_update():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
     alpha = 0.2
-    objective = FedDynObjective(alpha=alpha)
+    objective = FedDynObjective(FedDynConfig(alpha=alpha))
     gen = torch.Generator().manual_seed(5)
     g_state = {f"grad.{k}": torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in glob.items()}
     consts = objective.prepare(model, glob, g_state)
@@ -174,7 +173,7 @@ def test_feddyn_gradient_is_linear_plus_proximal_and_the_state_update():
 
 def test_feddyn_rejects_alpha_zero():
     with pytest.raises(ValueError, match="alpha"):
-        FedDynObjective(alpha=0.0)
+        FedDynObjective(FedDynConfig(alpha=0.0))
 
 
 # ---- MOON ----
@@ -196,7 +195,7 @@ def test_moon_loss_and_gradient_match_the_hand_written_formula():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
     prev = {k: v.detach() for k, v in _params(model, scale=0.2, seed=7).items()}
-    objective = MoonObjective(mu=0.8, tau=0.5)
+    objective = MoonObjective(MoonConfig(mu=0.8, tau=0.5))
     consts = objective.prepare(model, glob, {f"prev.{k}": v for k, v in prev.items()})
     params = _params(model, scale=0.1)
     total, ce = objective.loss(model, params, x, y, consts)
@@ -213,7 +212,7 @@ def test_moon_loss_and_gradient_match_the_hand_written_formula():
 def test_moon_previous_equal_to_global_is_cross_entropy_and_the_state_is_the_local_model():
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = MoonObjective(mu=0.8, tau=0.5)
+    objective = MoonObjective(MoonConfig(mu=0.8, tau=0.5))
     assert objective.first_state(lambda: glob).keys() == {f"prev.{k}" for k in glob}  # θ_0 before round 1
     consts = objective.prepare(model, glob, objective.first_state(lambda: glob))  # previous = global
     params = _params(model, scale=0.1)
@@ -239,7 +238,7 @@ def test_moon_reference_models_use_the_global_bn_statistics_in_eval_mode():
     reference = copy.deepcopy(model).eval()
     plain = copy.deepcopy(model)
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    objective = MoonObjective(mu=1.0, tau=0.5)
+    objective = MoonObjective(MoonConfig(mu=1.0, tau=0.5))
     consts = objective.prepare(model, glob, {})
     z_ref, _ = reference(x, return_features=True)
     assert torch.allclose(reference_features(model, glob, unprefixed("buffer", consts), x), z_ref, atol=1e-12)
@@ -258,8 +257,10 @@ VARIANTS = [(name, {}) for name in sorted(METHODS)] + [
 def test_objective_gradients_under_vmap_equal_the_per_client_gradients(name, extra):
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    hp = dataclasses.asdict(MethodConfig(name=name, gamma=0.2, mu=0.3, alpha=0.1, **extra))
-    objective = METHODS[name].objective.from_config(hp)
+    settings = {"gamma": 0.2, "mu": 0.3, "alpha": 0.1, **extra}
+    config = METHODS[name].config
+    config_fields = {f.name for f in dataclasses.fields(config)}
+    objective = METHODS[name].objective(config(**{k: v for k, v in settings.items() if k in config_fields}))
     clients = [_params(model, scale=0.05, seed=s) for s in (11, 12)]
     states = [{}, {}]
     if name in ("moon", "feddyn"):  # a non-trivial state for each client

@@ -11,10 +11,13 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from fedsign.checkpoint import load_checkpoint
 from tests.conftest import cli, cli_env
+
+pytestmark = pytest.mark.slow  # Ray (Flower's simulation engine)
 
 CONFIG = ["train.rounds=6", "federation.num_clients=2", "federation.fraction=1.0", "train.local_epochs=1",
           "partition.scheme=iid", "checkpoint.every=1", "device=cpu", "seed=3"]

@@ -2,8 +2,8 @@
 
 from fedsign.data.augment import normalize, random_crop_flip
 from fedsign.data.images import Dataset, ImageSet
-from fedsign.data.loading import load_dataset
+from fedsign.data.loading import DatasetConfig, load_dataset
 from fedsign.data.specs import DATASET_NAMES, DatasetSpec, dataset_spec
 
-__all__ = ["DATASET_NAMES", "Dataset", "DatasetSpec", "ImageSet", "dataset_spec", "load_dataset",
+__all__ = ["DATASET_NAMES", "Dataset", "DatasetConfig", "DatasetSpec", "ImageSet", "dataset_spec", "load_dataset",
            "normalize", "random_crop_flip"]

@@ -66,14 +66,14 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
 
 
 def normalize(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float32, (x / 255 - mean) / std per channel."""
-    mean, std = _channel_stats(spec, x.device)
-    return (x.float().div_(255.0) - mean) / std
+    """uint8 [N, C, H, W] -> torch's default float dtype, (x / 255 - mean) / std per channel."""
+    mean, std = _channel_stats(spec, x.device, torch.get_default_dtype())
+    return (x.to(mean.dtype).div_(255.0) - mean) / std
 
 
 @functools.lru_cache(maxsize=16)
-def _channel_stats(spec: DatasetSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(spec: DatasetSpec, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """mean and std as [1, C, 1, 1] tensors on the device, made once (a host-to-device copy would
     wait for the GPU at every batch)."""
-    return (torch.tensor(spec.mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(spec.std, device=device).view(1, -1, 1, 1))
+    return (torch.tensor(spec.mean, device=device, dtype=dtype).view(1, -1, 1, 1),
+            torch.tensor(spec.std, device=device, dtype=dtype).view(1, -1, 1, 1))

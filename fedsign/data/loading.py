@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
 
-from fedsign.config import DatasetConfig
 from fedsign.data.cache import cache_key, load_cached, store_cached
 from fedsign.data.digits import load_digits_split
 from fedsign.data.images import Dataset, ImageSet
 from fedsign.data.sources import find_source
-from fedsign.data.specs import dataset_spec
+from fedsign.data.specs import DATASET_NAMES, dataset_spec
+from fedsign.errors import ConfigError
+
+
+@dataclass
+class DatasetConfig:
+    """The `dataset.*` settings of a run (fedsign.config.RunConfig.dataset)."""
+
+    name: str = "digits"  # cifar10 | cinic10 | digits (scikit-learn's, always offline)
+    root: str = ""  # directory holding one of the supported on-disk forms ("": $FEDSIGN_CIFAR10 / $FEDSIGN_CINIC10)
+    use_valid: bool = False  # CINIC-10: add valid/ to the training set
+    download: bool = False  # CIFAR-10 only: let torchvision download it when online
+    augment: bool = True  # random crop (padding 4) + horizontal flip on the data's device (none for digits)
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ConfigError(f"dataset.name={self.name!r} is not known; accepted: {', '.join(DATASET_NAMES)}")
 
 
 def load_dataset(cfg: DatasetConfig) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,10 +71,16 @@ def cinic10_source(root: Path, spec: DatasetSpec) -> Source | None:
     return None
 
 
+def dataset_root(name: str, root: str) -> str:
+    """dataset.root, or when it is empty the environment's $FEDSIGN_CIFAR10 / $FEDSIGN_CINIC10."""
+    return root or (os.environ.get(f"FEDSIGN_{name.upper()}", "") if name != "digits" else "")
+
+
 def find_source(name: str, root_text: str, spec: DatasetSpec, download: bool) -> Source:
     forms = CIFAR10_FORMS if name == "cifar10" else CINIC10_FORMS
-    hint = (f"Point dataset.root at a directory holding one of: {'; '.join(forms)}"
+    hint = (f"Point dataset.root (or $FEDSIGN_{name.upper()}) at a directory holding one of: {'; '.join(forms)}"
             + (" (or set dataset.download=true when online)." if name == "cifar10" else "."))
+    root_text = dataset_root(name, root_text)
     if not root_text:
         raise DatasetError(f"dataset.root is not set for {name}. {hint}")
     root = Path(root_text).expanduser().resolve()

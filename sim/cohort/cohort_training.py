@@ -24,7 +24,7 @@ from fedsign.data.specs import DatasetSpec
 from fedsign.errors import ConfigError
 from fedsign.local_training import LocalResult, Step, batch_plan, make_batch
 from fedsign.models import exchanged_state, has_batch_norm, load_exchanged, parameter_names
-from strategies.functional import Params
+from strategies.functional import Params, detached
 from strategies.objective import ClientObjective
 
 from sim.cohort.stacked_sgd import StackedSGD
@@ -99,8 +99,7 @@ def train_cohort(model: nn.Module, objective: ClientObjective, clients: list[Coh
         own = {k: v[i] for k, v in params.items()}
         new_state = objective.next_state(own, consts[i], c.method_state)
         steps = len(plans[i])
-        results.append(LocalResult({k: own[k].detach().cpu().clone() for k in state_keys},
-                                   {k: v.detach().cpu() for k, v in new_state.items()}, len(c.data),
+        results.append(LocalResult({k: own[k].detach() for k in state_keys}, detached(new_state), len(c.data),
                                    float(totals_cpu[i]) / max(steps, 1), float(ces_cpu[i]) / max(steps, 1), steps))
     return results
 

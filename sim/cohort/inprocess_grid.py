@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsign.client_app import app as client_app
+from sim.cohort.flower_internals import act_as_superlink, empty_run, set_message_id
 
 log = logging.getLogger("fedsign")
 FIRST_NODE_ID = 10_000  # node ids are FIRST_NODE_ID + partition id (any ints unlike the SuperLink's)
@@ -22,9 +22,8 @@ FIRST_NODE_ID = 10_000  # node ids are FIRST_NODE_ID + partition id (any ints un
 
 class InProcessGrid(Grid):
     def __init__(self, num_clients: int, run_id: int = 1) -> None:
-        self._run = Run.create_empty(run_id)
-        # Messages take their sender from the process's task identity (set by Flower's own runtimes).
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+        self._run = empty_run(run_id)
+        act_as_superlink(run_id)
         self.contexts = {
             FIRST_NODE_ID + cid: Context(run_id=run_id, node_id=FIRST_NODE_ID + cid,
                                          node_config={"partition-id": cid, "num-partitions": num_clients},
@@ -54,7 +53,7 @@ class InProcessGrid(Grid):
         messages = list(messages)
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's simulation does
+            set_message_id(message, str(uuid4()))
             ids.append(message.metadata.message_id)
         for reply in self.execute(messages):
             self._replies[reply.metadata.reply_to_message_id] = reply
