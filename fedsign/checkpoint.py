@@ -1,6 +1,6 @@
 """Checkpoints: safetensors files (never pickle) whose string metadata is enough to rebuild the model.
 
-Metadata keys (DESIGN.md): model, dataset, num_classes, round, role (server/client), client_id,
+Metadata keys: model, dataset, num_classes, round, role (server/client), client_id,
 method, seed; plus `pan` (FedPAN mask spec, '' if none) so the exact architecture can be rebuilt.
 """
 

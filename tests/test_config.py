@@ -127,3 +127,13 @@ def test_environment_is_the_fallback_dataset_root(monkeypatch, tmp_path):
     given = resolve_paths(RunConfig.from_flat({"dataset.name": "cifar10", "dataset.root": "/data/c10",
                                                "out": str(tmp_path / "run")}))
     assert given.dataset.root == "/data/c10"
+
+
+def test_docs_list_every_method_setting_with_its_default():
+    """docs/methods.md's table of settings is the dataclasses' (a changed default shows up here)."""
+    text = (ROOT / "docs" / "methods.md").read_text()
+    for name, method in METHODS.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        for f in dataclasses.fields(method.config):
+            if f.name != "name":
+                assert f"`method.{f.name}` ({f.default})" in row, (name, f.name)

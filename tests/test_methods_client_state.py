@@ -71,7 +71,7 @@ def test_moon_previous_model_is_last_rounds_local_model(flower_ids, monkeypatch,
         context = _context(state_dir)  # a restarted SuperNode: only the disk remains
     g1 = {k: v + 0.01 for k, v in g0.items()}  # the next global model differs from the local one
     w2 = _train(flat, g1, 2, context)
-    first = unprefixed("prev", seen[0])  # first round: the previous model is θ_0 (NOTES §2)
+    first = unprefixed("prev", seen[0])  # first round: the previous model is θ_0 (a never-sampled party of the authors' MOON holds θ_0)
     assert first and all(torch.equal(v, theta0[k]) for k, v in first.items())
     previous = unprefixed("prev", seen[1])
     assert set(previous) == set(parameter_names(build_model("smallcnn", dataset_spec("digits"))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The authors' CIFAR normalisation, also used for CINIC-10 (NOTES.md section 2).
+# The authors' CIFAR normalisation (lxcnju/FedRepo, datasets/cifar_data.py), also used for CINIC-10.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 

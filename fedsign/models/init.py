@@ -1,4 +1,5 @@
-"""The authors' initialisation (NOTES.md section 2): Kaiming-normal convs, N(0, 0.01) classifier."""
+"""The authors' initialisation (lxcnju/FedRepo, networks/basic_nets.py): Kaiming-normal convs
+(fan_out, relu), biases 0, BatchNorm 1/0, N(0, 0.01) classifier."""
 
 from torch import nn
 
