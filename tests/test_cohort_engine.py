@@ -122,3 +122,22 @@ def test_grid_answers_queries_and_reports_bad_updates_per_client(tmp_path):
     replies = list(grid.send_and_receive(trains))
     assert [r.metadata.src_node_id for r in replies] == nodes[:2]
     assert all(r.has_error() and "do not fit" in r.error.reason for r in replies)
+
+
+def test_clients_the_authors_scheme_drops_are_never_sampled(tmp_path, one_thread):
+    """partition.scheme=authors leaves clients under partition.min_size empty: as in the authors' code
+    they never train (before, they were sampled and rejected). The rows log train_ce beside train_loss."""
+    from fedsign.workspace import active_clients, partitions
+
+    cfg = RunConfig.from_flat({"engine.name": "cohort", "partition.scheme": "authors", "partition.alpha": 0.1,
+                               "partition.min_size": 60, "federation.num_clients": 20, "federation.fraction": 0.5,
+                               "train.rounds": 3, "train.local_epochs": 1, "method.name": "fedsign",
+                               "device": "cpu", "out": str(tmp_path / "run")})
+    empty = [c for c, part in enumerate(partitions(cfg)) if len(part) == 0]
+    assert empty and set(active_clients(cfg)) == set(range(20)) - set(empty)
+    run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["rejected_updates"] == 0 and row["missing_replies"] == 0 and len(row["replied"]) == 10
+        assert not set(row["replied"]) & set(empty)
+        assert row["train_ce"] > 0 and row["train_loss"] < row["train_ce"]  # FedSign's −γR term

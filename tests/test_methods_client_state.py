@@ -146,6 +146,21 @@ def test_feddyn_server_update_matches_a_hand_computation_over_two_rounds(flower_
     assert torch.equal(_round(resumed, 2, g1, r2)["w"], g2["w"])
 
 
+def test_feddyn_fedrepo_server_mixes_the_mean_into_the_old_model(flower_ids):
+    """fedrepo: w_g ← c·mean(w_k) + (1 − c)·w_g with c = clients per round / clients (here 2/3), for
+    every exchanged tensor, and no server state."""
+    strategy = FedDynStrategy(FedDynConfig(alpha=0.5, variant="fedrepo"), nodes={0: 11, 1: 12, 2: 13},
+                              clients_per_round=2, seed=0, param_keys=["w"])
+    g0 = {"w": torch.tensor([1.0, -2.0, 0.5]), "bn": torch.tensor([1.0, 1.0])}
+    r1 = [{"w": torch.tensor([1.5, -1.0, 0.0]), "bn": torch.tensor([2.0, 0.0])},
+          {"w": torch.tensor([0.0, -3.0, 1.5]), "bn": torch.tensor([0.0, 4.0])}]
+    g1 = _round(strategy, 1, g0, r1)
+    c = 2 / 3
+    for key in g0:
+        assert torch.allclose(g1[key], c * (r1[0][key] + r1[1][key]) / 2 + (1 - c) * g0[key], atol=1e-6), key
+    assert strategy.state_dict() == {}
+
+
 def test_feddyn_rejects_alpha_zero():
     with pytest.raises(ValueError, match="alpha"):
         FedDynConfig(alpha=0.0)

@@ -65,3 +65,23 @@ def test_partition_report_json_and_plot(tmp_path):
     summary = json.loads((tmp_path / "partition.json").read_text())
     assert summary["class_counts"] == counts.tolist() and summary["sizes"] == [len(p) for p in parts]
     assert (tmp_path / "partition.png").stat().st_size > 1000
+
+
+def test_authors_scheme_gives_clients_of_near_equal_size_unlike_flwr_dirichlet():
+    """100 clients, alpha 0.5, CIFAR-10's balanced labels (5,000 per class): the authors' per-client
+    Dirichlet gives 467-534 samples per client, flwr-datasets' per-class Dirichlet 124-1,232."""
+    labels = np.repeat(np.arange(10), 5000)
+    sizes = {scheme: [len(p) for p in partition_indices(labels, 100, PartitionConfig(scheme=scheme, alpha=0.5))]
+             for scheme in ("authors", "dirichlet")}
+    assert (min(sizes["authors"]), max(sizes["authors"])) == (467, 534)
+    assert (min(sizes["dirichlet"]), max(sizes["dirichlet"])) == (124, 1232)
+    assert sum(sizes["authors"]) == sum(sizes["dirichlet"]) == 50_000
+
+
+def test_holdout_keeps_a_fifth_of_each_client_out_of_training():
+    full = partition_indices(LABELS, 20, PartitionConfig(scheme="authors", alpha=0.5, seed=2, min_size=5))
+    kept = partition_indices(LABELS, 20, PartitionConfig(scheme="authors", alpha=0.5, seed=2, min_size=5,
+                                                         holdout=0.2))
+    for whole, train in zip(full, kept):
+        assert set(train) <= set(whole) and len(train) == len(whole) - round(0.2 * len(whole))
+    assert sum(map(len, kept)) < 0.81 * sum(map(len, full))
