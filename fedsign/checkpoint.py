@@ -57,6 +57,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, metadata
 
 
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """A checkpoint's metadata alone (its tensors are not read)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' is not a readable safetensors checkpoint ({exc})") from None
+
+
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, str]]:
     """Rebuild the model named in the metadata and load the weights; mismatches are CheckpointErrors."""
     tensors, meta = load_checkpoint(path)

@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsign.client_state import ClientStateStore
+from fedsign.client_state import ClientStateStore, Stamp
 from fedsign.config import RunConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.devices import resolve_device
@@ -27,7 +27,7 @@ app = ClientApp()
 # node_config keys a SuperNode may set (deployment): its data location, device and state folder.
 NODE_OVERRIDES = {"data-root": "dataset.root", "device": "device"}
 # what the server adds to the run config in each train message (not RunConfig keys)
-MESSAGE_KEYS = ("server-round", "run-stamp")
+MESSAGE_KEYS = ("server-round", "run-stamp", "run-segment", "resumed-from")
 
 
 def node_client_id(context: Context) -> int:
@@ -79,7 +79,9 @@ def train_task(message: Message, context: Context, cfg: RunConfig | None = None)
     data = client_data(cfg, client_id, device)
     if len(data) == 0:
         raise ConfigError(f"client {client_id} holds no training samples under this partition")
-    store = ClientStateStore(context, cfg.out, str(message.content["config"].get("run-stamp", "")))
+    sent = message.content["config"]
+    store = ClientStateStore(context, cfg.out, Stamp(str(sent.get("run-stamp", "")), str(sent.get("run-segment", "")),
+                                                     int(sent.get("resumed-from", 0)), cfg.checkpoint.every))
     objective = make_objective(cfg)
     state = ({k: v.to(device) for k, v in store.load(client_id, server_round).items()}
              or objective.first_state(lambda: initial_parameters(cfg, device)))

@@ -1,5 +1,5 @@
 """Continuing a killed run: the server state saved at checkpoint rounds (global model, the strategy's
-state, torch RNG, the metrics window, the run stamp) in one safetensors file written atomically, and
+state, the metrics window, the run stamp) in one safetensors file written atomically, and
 the config a resumed run uses (its run directory's config.yaml; only a few keys may change)."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from fedsign.run_dir import RunDirectory, read_config
 
 Tensors = dict[str, torch.Tensor]
 STATE_FORMAT = "2"
+# Nothing on the server draws from torch's RNG (client sampling and seeds are functions of (seed,
+# round, client); θ_0 of the seed alone), so the state holds no RNG: a resumed run redoes the same draws.
 # keys a resumed run may set differently from the run it continues (everything else must match)
 RESUMABLE_KEYS = ("train.rounds", "device", "engine.name", "engine.num_cpus", "engine.num_gpus",
                   "federation.round_timeout", "eval.batch_size", "checkpoint.every", "checkpoint.clients",
@@ -32,7 +34,6 @@ class ServerState:
     run_stamp: str  # identifies the run across resumes (clients check their saved state against it)
     window: dict[str, Any] = field(default_factory=dict)  # metrics gathered since the last evaluation
     elapsed: float = 0.0  # wall seconds spent before this state was saved
-    rng: torch.Tensor | None = None  # torch's CPU RNG state
 
 
 def identity(cfg: RunConfig) -> dict[str, str]:
@@ -43,8 +44,6 @@ def identity(cfg: RunConfig) -> dict[str, str]:
 def save_server_state(run_dir: RunDirectory, state: ServerState, cfg: RunConfig) -> None:
     tensors = {f"global/{k}": v for k, v in state.global_state.items()}
     tensors.update({f"strategy/{k}": v for k, v in state.strategy_state.items()})
-    if state.rng is not None:
-        tensors["rng/torch"] = state.rng
     save_checkpoint(run_dir.resume_state, tensors, {
         **identity(cfg), "role": "server-state", "format": STATE_FORMAT, "round": str(state.round), "run_stamp": state.run_stamp,
         "window": json.dumps(state.window), "elapsed": repr(state.elapsed)})
@@ -67,7 +66,7 @@ def load_server_state(run_dir: RunDirectory, cfg: RunConfig) -> ServerState:
     try:
         return ServerState(
             round=int(meta["round"]), run_stamp=meta["run_stamp"], window=json.loads(meta["window"]),
-            elapsed=float(meta["elapsed"]), rng=tensors.get("rng/torch"),
+            elapsed=float(meta["elapsed"]),
             global_state={k[7:]: v for k, v in tensors.items() if k.startswith("global/")},
             strategy_state={k[9:]: v for k, v in tensors.items() if k.startswith("strategy/")})
     except (KeyError, ValueError) as exc:

@@ -70,14 +70,11 @@ class Window:
 def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     spec = dataset_spec(cfg.dataset.name)
-    torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(device)
     param_keys = parameter_names(model)
     test = dataset_on(cfg, device).test
     if cfg.resume:
         state = load_server_state(run_dir, cfg)
-        if state.rng is not None:
-            torch.set_rng_state(state.rng)
         rows = run_dir.truncate_metrics(state.round)
         log.info("resuming %s after round %d of %d", run_dir.path, state.round, cfg.train.rounds)
     else:
@@ -93,8 +90,10 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
     strategy.load_state_dict(state.strategy_state)
 
     global_state = {k: v.to(device) for k, v in state.global_state.items()}
-    # the run stamp tells clients which saved method state belongs to this run (fedsign.client_state)
-    config = ConfigRecord({**cfg.to_flat(), "run-stamp": state.run_stamp})
+    # which saved method state a client may use (fedsign/client_state.py): this run's, from a round
+    # before the one it trains, and from this server segment unless from a round <= the resume point
+    config = ConfigRecord({**cfg.to_flat(), "run-stamp": state.run_stamp, "run-segment": uuid.uuid4().hex[:16],
+                           "resumed-from": state.round})
     window = Window(**state.window)
     started = time.time() - state.elapsed
     round_start = time.time()
@@ -130,8 +129,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
         if last or (cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0):
             save_round_checkpoints(cfg, run_dir, server_round, global_state, outcome.updates)
             save_server_state(run_dir, ServerState(server_round, global_state, strategy.state_dict(),
-                                                   state.run_stamp, asdict(window), time.time() - started,
-                                                   torch.get_rng_state()), cfg)
+                                                   state.run_stamp, asdict(window), time.time() - started), cfg)
 
     results = {
         "method": cfg.method.name, "dataset": cfg.dataset.name, "model": cfg.model.name,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedsign import client_app
-from fedsign.client_state import ClientStateStore
+from fedsign.client_state import ClientStateStore, Stamp
 from fedsign.config import RunConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.models import build_model, exchanged_state
@@ -26,23 +27,43 @@ def node(state_dir=None) -> Context:
 
 def test_store_round_trip_restart_and_stamps(tmp_path, caplog):
     w = {"grad.w": torch.arange(6.0).reshape(2, 3)}
-    ClientStateStore(node(tmp_path), "/runs/a", "stamp-A").save(0, w, server_round=2)
-    assert len(list(tmp_path.rglob("client-0.safetensors"))) == 1
-    restarted = ClientStateStore(node(tmp_path), "/runs/a", "stamp-A")
+    ClientStateStore(node(tmp_path), "/runs/a", Stamp("stamp-A")).save(0, w, server_round=2)
+    assert len(list(tmp_path.rglob("client-0-round00002.safetensors"))) == 1
+    restarted = ClientStateStore(node(tmp_path), "/runs/a", Stamp("stamp-A"))
     assert torch.equal(restarted.load(0, server_round=3)["grad.w"], w["grad.w"])
     with caplog.at_level(logging.WARNING, logger="fedsign"):
         assert restarted.load(0, server_round=2) == {}  # not from an earlier round
-        assert ClientStateStore(node(tmp_path), "/runs/a", "stamp-B").load(0, 3) == {}  # another run
+        assert ClientStateStore(node(tmp_path), "/runs/a", Stamp("stamp-B")).load(0, 3) == {}  # another run
     assert caplog.text.count("ignoring saved method state") == 2
-    assert ClientStateStore(node(tmp_path), "/runs/other", "stamp-A").load(0, 3) == {}  # another run dir
+    assert ClientStateStore(node(tmp_path), "/runs/other", Stamp("stamp-A")).load(0, 3) == {}  # another run dir
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_resumed_server_gets_the_states_of_its_resume_point(tmp_path, on_disk):
+    """checkpoint.every=2; the server is killed after round 5 and resumes from round 4 (a new segment):
+    round 5 is redone with the state of round 4, not the killed segment's round 5. Only what a resume
+    could need is kept: the newest state and the newest at or before each of the last two checkpoints."""
+    context = node(tmp_path if on_disk else None)
+    first = Stamp("run", segment="A", resumed_from=0, checkpoint_every=2)
+    for r in range(1, 6):
+        ClientStateStore(context, "/runs/a", first).save(3, {"x": torch.full((2,), float(r))}, server_round=r)
+    kept = sorted(s.round for s in ClientStateStore(context, "/runs/a", first)._index(3))
+    assert kept == [2, 4, 5]
+    resumed = ClientStateStore(context, "/runs/a", Stamp("run", segment="B", resumed_from=4, checkpoint_every=2))
+    assert float(resumed.load(3, server_round=5)["x"][0]) == 4.0
+    resumed.save(3, {"x": torch.full((2,), 50.0)}, server_round=5)
+    assert float(resumed.load(3, server_round=6)["x"][0]) == 50.0  # this segment's own round 5
+    # killed between a client's round 4 and the server's checkpoint of round 4: resume from round 2
+    early = ClientStateStore(context, "/runs/a", Stamp("run", segment="C", resumed_from=2, checkpoint_every=2))
+    assert float(early.load(3, server_round=3)["x"][0]) == 2.0
 
 
 def test_store_in_memory_without_state_dir():
     context = node()
-    store = ClientStateStore(context, "/runs/a", "s")
+    store = ClientStateStore(context, "/runs/a", Stamp("s"))
     store.save(1, {"x": torch.ones(2)}, server_round=1)
-    assert torch.equal(ClientStateStore(context, "/runs/a", "s").load(1, 2)["x"], torch.ones(2))
-    assert ClientStateStore(node(), "/runs/a", "s").load(1, 2) == {}  # a restart loses in-memory state
+    assert torch.equal(ClientStateStore(context, "/runs/a", Stamp("s")).load(1, 2)["x"], torch.ones(2))
+    assert ClientStateStore(node(), "/runs/a", Stamp("s")).load(1, 2) == {}  # a restart loses in-memory state
 
 
 def _train(context: Context, cfg: RunConfig, server_round: int, stamp: str = "run-1") -> dict[str, torch.Tensor]:
@@ -64,24 +85,25 @@ def test_feddyn_state_survives_a_restart_and_damage_is_handled(flower_ids, tmp_p
                                "device": "cpu", "out": str(tmp_path / "run")})
     state_dir = tmp_path / "state"
     _train(node(state_dir), cfg, server_round=1)
-    [path] = state_dir.rglob("client-0.safetensors")
+    [path] = state_dir.rglob("client-0-round*.safetensors")
     saved = path.read_bytes()
 
+    def only(content: bytes | None) -> None:
+        """The node's state folder holding just `content` as its round-1 state (or nothing)."""
+        for old in state_dir.rglob("client-0-round*.safetensors"):
+            old.unlink()
+        if content is not None:
+            path.write_bytes(content)
+
     with_state = _train(node(state_dir), cfg, server_round=2)  # restarted node: state read from disk
-    path.unlink()
+    only(None)
     without_state = _train(node(state_dir), cfg, server_round=2)
     assert not _same(with_state, without_state)  # the saved gradient state changed the update
 
-    for damage in (b"\x00garbage", None):
-        if damage is None:  # a stale file: saved by another run
-            path.write_bytes(saved)
-            stamp = "run-2"
-        else:
-            path.write_bytes(damage)
-            stamp = "run-1"
+    for content, stamp in ((b"\x00garbage", "run-1"), (saved, "run-2")):  # damaged; saved by another run
+        only(content)
         with caplog.at_level(logging.WARNING, logger="fedsign"):
             assert _same(_train(node(state_dir), cfg, server_round=2, stamp=stamp), without_state)
     assert "damaged method state file" in caplog.text and "ignoring saved method state" in caplog.text
-    path.write_bytes(saved)
+    only(saved)
     assert _same(_train(node(state_dir), cfg, server_round=2), with_state)
-

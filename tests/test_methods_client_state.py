@@ -79,7 +79,7 @@ def test_moon_previous_model_is_last_rounds_local_model(flower_ids, monkeypatch,
         assert torch.equal(v, w1[k]), k  # exactly round 1's local model, not the global one
     assert not torch.equal(w2["classifier.weight"], w1["classifier.weight"])
     if store == "state-dir":
-        assert list((tmp_path / "state").rglob("client-0.safetensors"))
+        assert list((tmp_path / "state").rglob("client-0-round*.safetensors"))
 
 
 def test_feddyn_gradient_state_after_a_round(flower_ids, monkeypatch, tmp_path):
