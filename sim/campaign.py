@@ -61,6 +61,7 @@ NOT_IDENTITY = frozenset({"out", "resume", "device", "dataset.root", "dataset.do
 CURVE_KEYS = ("accuracy", "sign_flip_fraction", "train_ce")  # per evaluated round, from metrics.jsonl
 PROGRESS = re.compile(r"round\s+(\d+)/(\d+)\s+acc\s+([\d.]+)")  # sim.main's line per evaluated round
 STOP_GRACE = 10.0  # seconds a cut-off cell gets between SIGTERM and SIGKILL
+PLAIN_EVERY = 30.0  # seconds between a running cell's progress lines in plain output
 
 
 def fail_exit(message: str) -> None:
@@ -174,13 +175,17 @@ def plan(experiment: str, overrides: list[str]) -> list[Cell]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         composer = Composer()
         params = _compose([head], hydra=True).hydra.sweeper.params
+        own = composer.parse([f"{k}={v}" for k, v in params.items()])
         sweep = {}
-        for o in [*composer.parse([f"{k}={v}" for k, v in params.items()]), *composer.parse(overrides)]:
+        for o in [*own, *composer.parse(overrides)]:
             if o.is_sweep_override():
                 sweep[o.get_key_element()] = list(o.sweep_string_iterator())
             else:
-                sweep[o.get_key_element()] = [o.get_value_element_as_str()]  # one value: not in the label
-        labelled = [k for k, v in sweep.items() if k in params or len(v) > 1]
+                sweep[o.get_key_element()] = [o.get_value_element_as_str()]
+        # a cell's label (and ledger file name): the keys with several values in the experiment or on
+        # the command line, so it does not change when the command line narrows the sweep
+        several = {o.get_key_element() for o in own if o.is_sweep_override()}
+        labelled = [k for k, v in sweep.items() if k in several or len(v) > 1]
         cells, seen = [], set()
         for combo in itertools.product(*sweep.values()):
             values = dict(zip(sweep, combo))
@@ -316,6 +321,7 @@ class Job:
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     partial: str = ""
     progress: str = "starting"
+    shown: float = 0.0  # when its progress was last printed (plain output)
 
     def read(self, data: bytes) -> list[str]:
         """Take a chunk of the child's output; returns its complete lines."""
@@ -476,7 +482,8 @@ def run_campaign(args: argparse.Namespace, argv: list[str]) -> int:
                     match = PROGRESS.search(line)
                     if match:
                         job.progress = f"round {match[1]}/{match[2]} acc {float(match[3]):.4f}"
-                        if display.live is None:
+                        if display.live is None and time.time() - job.shown >= PLAIN_EVERY:
+                            job.shown = time.time()
                             display.line(f"        {job.cell.label}: {job.progress}")
             if time.time() >= deadline:
                 for job in list(jobs):
