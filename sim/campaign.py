@@ -434,6 +434,7 @@ def run_campaign(args: argparse.Namespace, argv: list[str]) -> int:
     selector = selectors.DefaultSelector()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    interrupted = ""
 
     def expected() -> float:
         return statistics.median(seconds) if seconds else 0.0
@@ -498,17 +499,17 @@ def run_campaign(args: argparse.Namespace, argv: list[str]) -> int:
             display.refresh(jobs, f"{args.experiment}: {counts['finished']} done, {len(jobs)} running, "
                                   f"{len(pending)} waiting" + ("" if left == math.inf else f", {left / 60:.1f} min left"))
     except (Interrupted, KeyboardInterrupt) as exc:
+        interrupted = f"{str(exc) or 'SIGINT'}: {len(jobs)} running cells discarded, nothing recorded for them"
+    finally:  # whatever ended the loop, no cell outlives the campaign
         for job in jobs:
             stop(job)
         display.close()
-        print(f"[campaign] interrupted ({exc or 'SIGINT'}): {len(jobs)} running cells discarded, nothing recorded "
-              f"for them", flush=True)
-        return 130
-    finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(work, ignore_errors=True)
-    display.close()
+    if interrupted:
+        print(f"[campaign] interrupted ({interrupted})", flush=True)
+        return 130
     print(f"[campaign] {args.experiment}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['cut off']} cut off by the budget, {len(pending)} not started"
           + (f" (median cell {expected():.0f} s, budget left {max(0.0, deadline - time.time()):.0f} s)"
