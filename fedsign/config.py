@@ -195,6 +195,15 @@ class RunConfig:
         return RunConfig.from_flat({**flat, **overrides})
 
 
+def known_settings(flat: Flat) -> Flat:
+    """The keys of `flat` that a config of its method.name has; others (an older record's keys of
+    other methods, keys since removed) are dropped."""
+    name = flat.get("method.name", MethodConfig.name)
+    method = {f"method.{f.name}" for f in dataclasses.fields(METHODS[name].config)} if name in METHODS else set()
+    known = {k for k in RunConfig().to_flat() if not k.startswith("method.")} | method
+    return {k: v for k, v in flat.items() if k in known}
+
+
 def method_keys() -> list[str]:
     """Every `method.*` key some method has (the union Flower's run_config must list)."""
     keys = {f"method.{f.name}" for m in METHODS.values() for f in dataclasses.fields(m.config)}

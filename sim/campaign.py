@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsign.config import RunConfig
+from fedsign.config import RunConfig, known_settings
+from fedsign.data.specs import DATASETS
 from fedsign.errors import ConfigError, FedsignError
 from fedsign.run_dir import read_config, write_atomic
-from sim.flatten import hydra_to_flat
-from sim.main import CONF
+from sim.main import CONF, to_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = CONF / "experiment"
@@ -76,12 +76,16 @@ def experiment_names() -> list[str]:
 
 def identity(flat: dict[str, Any]) -> str | None:
     """What a cell computes, as a hash of its config without NOT_IDENTITY. Keys missing from an older
-    record take today's defaults (a key added with its old behaviour as default keeps records valid);
-    a config that no longer validates has no identity (its record is stale)."""
+    record take today's defaults (a key added with its old behaviour as default keeps records valid),
+    keys its method does not have are dropped, and `dataset.augment` does not count for a dataset
+    without augmentation (digits); a config that no longer validates has no identity (a stale record)."""
     try:
-        canonical = RunConfig.from_flat(flat, ignore_unknown=True).to_flat()
+        canonical = RunConfig.from_flat(known_settings(flat)).to_flat()
     except FedsignError:
         return None
+    spec = DATASETS[canonical["dataset.name"]]
+    if not (spec.crop_padding or spec.flip):
+        canonical["dataset.augment"] = False
     kept = {k: v for k, v in sorted(canonical.items()) if k not in NOT_IDENTITY}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -158,7 +162,7 @@ class Composer:
                 OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{o.input_line}: {' '.join(str(exc).split()[:12])}") from None
-        return RunConfig.from_flat(hydra_to_flat(cfg)).to_flat()
+        return to_run_config(cfg).to_flat()
 
 
 def plan(experiment: str, overrides: list[str]) -> list[Cell]:

@@ -173,14 +173,13 @@ def provenance(ledger: Ledger) -> str:
 
 
 def method_settings(config: dict[str, Any]) -> str:
-    """The hyperparameters the row's method reads (its objective's, FedPAN's masks, FedDyn's variant)."""
+    """The settings of the row's method (its dataclass's fields: FedPAN's masks, FedDyn's variant, ...)."""
+    import dataclasses
+
     from strategies.registry import get_method
 
-    method = get_method(config["method.name"])
-    names = list(method.objective.hyperparameters)
-    names += ["pan_op", "pan_t", "pan_a"] if method.uses_pan else []
-    names += ["variant"] if method.name == "feddyn" and "method.variant" in config else []
-    return " ".join(f"{n}={num(config[f'method.{n}'])}" for n in dict.fromkeys(names) if f"method.{n}" in config) or "—"
+    names = [f.name for f in dataclasses.fields(get_method(config["method.name"]).config) if f.name != "name"]
+    return " ".join(f"{n}={num(config[f'method.{n}'])}" for n in names if f"method.{n}" in config) or "—"
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -375,10 +374,10 @@ def plot_table(name: str, dataset: str, rows: list[Row], out: Path) -> list[Path
 # ---- FedSign's calibration ----
 def trainable_parameters(config: dict[str, Any]) -> int:
     """N of Eq. (1)'s reduction: every trainable parameter entry of the cell's model."""
-    from fedsign.config import RunConfig
+    from fedsign.config import RunConfig, known_settings
     from fedsign.workspace import initial_model
 
-    model = initial_model(RunConfig.from_flat(config, ignore_unknown=True))
+    model = initial_model(RunConfig.from_flat(known_settings(config)))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

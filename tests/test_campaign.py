@@ -15,7 +15,7 @@ import pytest
 
 from fedsign.config import RunConfig
 from sim import campaign
-from sim.flatten import hydra_to_flat
+from sim.main import to_run_config
 from tests.conftest import cli, cli_env
 
 LONG = ["train.rounds=100000"]  # a cell that outlasts any budget here
@@ -73,15 +73,15 @@ def test_the_cached_composer_equals_hydra_compose():
     assert len(cells) == 14 and cells[0].config["model.name"] == "smallcnn"
     with initialize_config_dir(config_dir=str(campaign.CONF), version_base="1.3"):
         for cell in (cells[0], cells[-1]):
-            composed = RunConfig.from_flat(hydra_to_flat(campaign._compose(cell.overrides))).to_flat()
+            composed = to_run_config(campaign._compose(cell.overrides)).to_flat()
             assert cell.config == composed
 
 
 def test_an_older_record_keeps_its_identity():
     flat = campaign.plan("quick", ["seed=0", "method=fedsign"])[0].config
-    older = {k: v for k, v in flat.items() if k != "method.pan_a"}  # a key added since, at its default
+    older = {k: v for k, v in flat.items() if k != "partition.holdout"}  # a key added since, at its default
     assert campaign.identity(older) == campaign.identity(flat)
-    assert campaign.identity({**flat, "removed.key": 1, "device": "cuda"}) == campaign.identity(flat)
+    assert campaign.identity({**flat, "removed.key": 1, "device": "cuda", "method.mu": 0.01}) == campaign.identity(flat)
     assert campaign.identity({**flat, "method.gamma": 0.5}) != campaign.identity(flat)
     assert campaign.identity({**flat, "train.rounds": -1}) is None  # no longer valid: stale
 
