@@ -21,12 +21,15 @@ FIRST_NODE_ID = 10_000  # node ids are FIRST_NODE_ID + partition id (any ints un
 
 
 class InProcessGrid(Grid):
-    def __init__(self, num_clients: int, run_id: int = 1) -> None:
+    def __init__(self, num_clients: int, run_id: int = 1, state_dir: str = "") -> None:
+        """`state_dir`: the nodes keep method state on disk there, as SuperNodes with --node-config
+        state-dir (it then survives a restart of this process); default: in their Context.state."""
         self._run = empty_run(run_id)
         act_as_superlink(run_id)
+        extra = {"state-dir": state_dir} if state_dir else {}
         self.contexts = {
             FIRST_NODE_ID + cid: Context(run_id=run_id, node_id=FIRST_NODE_ID + cid,
-                                         node_config={"partition-id": cid, "num-partitions": num_clients},
+                                         node_config={"partition-id": cid, "num-partitions": num_clients, **extra},
                                          state=RecordDict(), run_config={})
             for cid in range(num_clients)
         }
