@@ -178,14 +178,14 @@ def render(records: list[dict]) -> str:
         "## Gallery",
         "",
     ]
-    if not records:
-        out.append("No figure made yet.")
+    if not any(r["form"] == "full" for r in records):
+        out += ["No full form has been made yet (it needs a GPU session); the images below are the quick forms.", ""]
     for r in sorted(records, key=lambda r: (list(FIGURES).index(r["figure"]), r["form"])):
         stem = f"{r['figure']}-{r['form']}"
         hw = r.get("hardware") or {}
         where = hw.get("gpu") or \
             f"CPU ({hw.get('cpu')}, {hw.get('cpu_count')} cores, {hw.get('torch_threads')} threads)"
-        out += [f"### `{r['figure']}`: {r['paper']} ({FORM_LABEL.get(r['form'], r['form'])})", "",
+        out += [f"### `{r['figure']}`: {r['paper']} ({r['form']} setting)", "",
                 f"![{stem}](figures/{stem}.png)", "",
                 f"{r['title']}. **{FORM_LABEL.get(r['form'], r['form'])}.** Command: `{r['command']}`; "
                 f"{r['date']}, commit `{r['commit']}`, {where}, torch {hw.get('torch')}; {r['seconds']:.1f} s "
