@@ -31,6 +31,20 @@ def test_parameter_counts_of_the_authors_models(name, count):
     assert sum(p.numel() for p in build_model(name, CIFAR).parameters()) == count
 
 
+def test_vgg16_bn_parameter_count_by_hand():
+    """VGG16 configuration D: 13 convs 3x3 with bias, BN (weight + bias) after each, Linear(512, 10)."""
+    convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+             (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    conv = sum(cin * cout * 9 + cout for cin, cout in convs)  # 14,714,688: VGG16's conv part
+    bn = sum(2 * cout for _, cout in convs)  # 8,448
+    head = 512 * 10 + 10
+    assert conv + bn + head == 14_728_266
+    model = build_model("vgg16_bn", CIFAR)
+    assert sum(p.numel() for p in model.parameters()) == 14_728_266
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 13
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 5
+
+
 def test_initialisation_follows_the_authors():
     torch.manual_seed(0)
     model = build_model("vgg8", CIFAR)

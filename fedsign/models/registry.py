@@ -13,8 +13,8 @@ from fedsign.models.resnet import ResNet20
 from fedsign.models.small import LogReg, SmallCNN
 from fedsign.models.vgg import LAYOUTS, VGG
 
-MODEL_NAMES = ("vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "resnet20", "smallcnn", "smallcnn_bn", "logreg")
-NEEDS_32PX = ("vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "resnet20")
+MODEL_NAMES = ("vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16_bn", "resnet20", "smallcnn", "smallcnn_bn", "logreg")
+NEEDS_32PX = ("vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16_bn", "resnet20")
 
 
 def build_model(name: str, spec: DatasetSpec, pan: PanSpec | None = None) -> nn.Module:

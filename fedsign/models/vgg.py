@@ -1,4 +1,6 @@
-"""VGG8 / VGG11 for 32x32 inputs as in the authors' FL code (conv+bias, ReLU, max-pool; optional BN)."""
+"""VGG8 / VGG11 for 32x32 inputs as in the authors' FL code (conv+bias, ReLU, max-pool; optional BN), and
+VGG16 (Simonyan & Zisserman 2015, configuration D), the asymmetric-valley paper's model for Figs. 3-5 and 7-9
+(with BN: after each conv, before the ReLU, App. A.2); all end in one Linear(512, classes)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from fedsign.models.pan import PanSpec, position_mask
 LAYOUTS = {
     "vgg8": (64, "M", 128, "M", 256, "M", 512, "M", 512, "M"),
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
 }
 
 
