@@ -84,3 +84,28 @@ def train_reply(sent, tensors: dict[str, torch.Tensor], metrics: dict):
 
     content = RecordDict({"arrays": ArrayRecord(torch_state_dict=tensors), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=sent)
+
+
+class Unpickled:
+    """Unpickling this object creates the file `marker`: proof that some code unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def pickle_bombs(folder: Path) -> list[tuple[Path, Path]]:
+    """(file, marker) pairs: a plain pickle and a torch.save file whose loading would create `marker`."""
+    import pickle
+
+    bombs = []
+    for kind in ("pickle", "torch"):
+        path, marker = folder / f"{kind}-bomb.safetensors", folder / f"{kind}-unpickled"
+        if kind == "pickle":
+            path.write_bytes(pickle.dumps({"w": Unpickled(marker)}))
+        else:
+            torch.save({"w": Unpickled(marker)}, path)
+        bombs.append((path, marker))
+    return bombs

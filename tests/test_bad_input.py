@@ -15,7 +15,7 @@ from fedsign.checkpoint import checkpoint_metadata, save_checkpoint
 from fedsign.config import RunConfig
 from fedsign.resume import ServerState, save_server_state
 from fedsign.run_dir import RunDirectory
-from tests.conftest import cli, cli_env
+from tests.conftest import cli, cli_env, pickle_bombs
 
 
 def run_main(monkeypatch, capsys, args: list[str]) -> str:
@@ -112,8 +112,9 @@ def test_bad_resume_state(monkeypatch, capsys, tmp_path, damage, words):
     run_dir, cfg = _killed_run(tmp_path)
     if damage == "garbage":
         run_dir.resume_state.write_bytes(b"\x07" * 100)
-    elif damage == "pickle":
-        torch.save({"w": torch.zeros(3)}, run_dir.resume_state)  # written only; fedsign never unpickles
+    elif damage == "pickle":  # a torch.save file whose unpickling would create a marker file
+        [(bomb, marker)] = [b for b in pickle_bombs(tmp_path) if b[0].name.startswith("torch")]
+        bomb.rename(run_dir.resume_state)
     elif damage == "model_checkpoint":
         save_checkpoint(run_dir.resume_state, {"w": torch.zeros(3)}, checkpoint_metadata(
             model="smallcnn", dataset="digits", round=1, role="server", method="fedavg", seed=0))
@@ -126,6 +127,7 @@ def test_bad_resume_state(monkeypatch, capsys, tmp_path, damage, words):
     err = run_main(monkeypatch, capsys, [f"resume={run_dir.path}"])
     assert_one_line(err, words)
     assert {p.name: p.read_bytes() for p in run_dir.path.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob("*-unpickled"))  # never unpickled
 
 
 def test_resume_refuses_changing_the_experiment(monkeypatch, capsys, tmp_path):

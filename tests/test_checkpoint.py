@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsign.checkpoint import (checkpoint_metadata, load_checkpoint, model_from_checkpoint,
+from fedsign.checkpoint import (checkpoint_metadata, load_checkpoint, load_metadata, model_from_checkpoint,
                                 save_checkpoint)
 from fedsign.data.specs import DATASETS
 from fedsign.errors import CheckpointError
 from fedsign.models import PanSpec, build_model, exchanged_state
+from tests.conftest import pickle_bombs
 
 
 def _save(tmp_path, name="smallcnn_bn", pan=None, **meta):
@@ -41,13 +42,42 @@ def test_no_temporary_files_left(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
 
 
-def test_pickle_or_garbage_is_refused_without_unpickling(tmp_path):
-    import pickle
+@pytest.mark.parametrize("write", ["checkpoint", "text"])
+def test_a_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch, write):
+    """Atomic writes: when the rename into place fails (the process dies there), the old file is
+    intact and no temporary file is left."""
+    import os
 
-    evil = tmp_path / "evil.safetensors"
-    evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        load_checkpoint(evil)
+    from fedsign.run_dir import write_atomic
+
+    target = tmp_path / ("ckpt.safetensors" if write == "checkpoint" else "results.json")
+    if write == "checkpoint":
+        old = save_checkpoint(target, {"w": torch.ones(3)}, {"round": "1"}).read_bytes()
+    else:
+        write_atomic(target, "old")
+        old = target.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("killed between write and rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        if write == "checkpoint":
+            save_checkpoint(target, {"w": torch.zeros(3)}, {"round": "2"})
+        else:
+            write_atomic(target, "new")
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_pickle_or_garbage_is_refused_without_unpickling(tmp_path):
+    """A pickle (plain or torch.save) that would create a marker file when unpickled: refused by every
+    checkpoint reader, and the marker never appears (kills a reader that unpickles)."""
+    for evil, marker in pickle_bombs(tmp_path):
+        for read in (load_checkpoint, load_metadata, model_from_checkpoint):
+            with pytest.raises(CheckpointError, match="not a readable safetensors"):
+                read(evil)
+        assert not marker.exists()
     _, path = _save(tmp_path)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

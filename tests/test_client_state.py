@@ -15,6 +15,7 @@ from fedsign.client_state import ClientStateStore, Stamp
 from fedsign.config import RunConfig
 from fedsign.data.specs import dataset_spec
 from fedsign.models import build_model, exchanged_state
+from tests.conftest import pickle_bombs
 
 
 def node(state_dir=None) -> Context:
@@ -56,6 +57,16 @@ def test_a_resumed_server_gets_the_states_of_its_resume_point(tmp_path, on_disk)
     # killed between a client's round 4 and the server's checkpoint of round 4: resume from round 2
     early = ClientStateStore(context, "/runs/a", Stamp("run", segment="C", resumed_from=2, checkpoint_every=2))
     assert float(early.load(3, server_round=3)["x"][0]) == 2.0
+
+
+def test_a_pickled_state_file_is_ignored_never_unpickled(tmp_path, caplog):
+    store = ClientStateStore(node(tmp_path / "state"), "/runs/a", Stamp("s"))
+    store.folder.mkdir(parents=True)
+    for bomb, marker in pickle_bombs(tmp_path):
+        bomb.rename(store.folder / "client-0-round00001.safetensors")
+        with caplog.at_level(logging.WARNING, logger="fedsign"):
+            assert store.load(0, server_round=2) == {}
+        assert not marker.exists() and "damaged method state file" in caplog.text
 
 
 def test_store_in_memory_without_state_dir():

@@ -23,6 +23,7 @@ from tests.conftest import cli, cli_env, pushed, train_message, train_reply
 PLAN = {
     1: {0: "error", 1: "nan", 2: "no_num_examples", 3: "silent"},  # 0 valid < min_replies=2: skipped
     2: {1: "wrong_shape"},  # 3 valid: aggregated
+    3: {0: "inf", 2: "-inf"},  # 2 valid: aggregated (a check that only looks for NaN lets these through)
 }
 
 
@@ -54,8 +55,9 @@ class ScriptedGrid:
                 replies.append(Message(Error(code=0, reason="ClientApp raised: disk full"), reply_to=message))
                 continue
             tensors = {k: v + (client + 1) * 0.01 for k, v in glob.items()}
-            if action == "nan":
-                tensors = {k: v * float("nan") for k, v in tensors.items()}
+            if action in ("nan", "inf", "-inf"):  # one entry of each tensor made non-finite
+                tensors = {k: v.flatten().index_fill(0, torch.tensor([0]), float(action)).view_as(v)
+                           for k, v in tensors.items()}
             if action == "wrong_shape":
                 key = next(iter(tensors))
                 tensors[key] = tensors[key].flatten()[:3]
@@ -75,8 +77,10 @@ def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
         results = run_federation(grid, cfg, RunDirectory(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["rejected_updates"], r["missing_replies"], r["skipped_rounds"]) for r in rows] == [
-        (3, 1, 1), (1, 0, 0), (0, 0, 0)]
-    assert results["rounds"] == 3 and results["rejected_updates"] == 4 and results["skipped_rounds"] == 1
+        (3, 1, 1), (1, 0, 0), (2, 0, 0)]
+    assert [(sorted(r["rejected"]), r["missing"], r["replied"]) for r in rows] == [
+        (["0", "1", "2"], [3], []), (["1"], [], [0, 2, 3]), (["0", "2"], [], [1, 3])]
+    assert results["rounds"] == 3 and results["rejected_updates"] == 6 and results["skipped_rounds"] == 1
     text = caplog.text
     for reason in ("client error: ClientApp raised: disk full", "holds NaN or Inf values",
                    "missing or invalid 'num-examples'", "expected", "did not reply",
@@ -92,6 +96,10 @@ def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
     # round 2 averaged the three valid clients 0, 2, 3: shifts (0.01 + 0.03 + 0.04) / 3
     for key in initial:
         assert torch.allclose(grid.sent[3][key], initial[key] + 0.08 / 3, atol=1e-6)
+    # round 3 averaged clients 1 and 3 only (0 and 2 sent +Inf and -Inf): shifts (0.02 + 0.04) / 2
+    final, _ = load_checkpoint(tmp_path / "checkpoints" / "server_round0003.safetensors")
+    for key in initial:
+        assert torch.allclose(final[key], grid.sent[3][key] + 0.03, atol=1e-6)
 
 
 @pytest.mark.parametrize("metrics, reason", [
@@ -111,8 +119,10 @@ def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
 def test_faulty_clients_in_the_simulation_engine(tmp_path):
     out = tmp_path / "run"
     env = cli_env() | {"FEDSIGN_TEST_FAULTS": "0=raise,1=nan,3=slow@2"}
+    # An honest client trains for about a second: a 40 s deadline leaves it a wide margin even on a
+    # loaded machine, while the slow client (by design) replies 4 s after the deadline.
     args = ["federation.num_clients=4", "federation.fraction=1.0", "federation.min_replies=1",
-            "federation.round_timeout=20", "train.rounds=2", "train.local_epochs=1",
+            "federation.round_timeout=40", "train.rounds=2", "train.local_epochs=1",
             "partition.scheme=iid", "device=cpu"]
     proc = subprocess.run(cli("tests.faulty_client") + [str(out)] + args, capture_output=True, text=True,
                           env=env, timeout=300)
@@ -122,10 +132,46 @@ def test_faulty_clients_in_the_simulation_engine(tmp_path):
     assert results["rounds"] == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
-    # both rounds: the crash and the NaN reply are rejected; round 2: the slow client misses the deadline
+    # both rounds: the crash (0) and the NaN reply (1) are rejected; round 2: the slow client (3) misses
+    # the deadline; counted by who misbehaved by design
+    assert [(sorted(r["rejected"]), r["missing"], r["replied"]) for r in rows] == [
+        (["0", "1"], [], [2, 3]), (["0", "1"], [3], [2])]
     assert [(r["rejected_updates"], r["missing_replies"], r["skipped_rounds"]) for r in rows] == [(2, 0, 0), (2, 1, 0)]
     rejected = [line for line in log.splitlines() if "rejected the update" in line]
     assert any("client error:" in line and "injected fault: this client crashes" in line for line in rejected)
     assert any(line.endswith("holds NaN or Inf values") for line in rejected), rejected
     assert "round 2: 1 of 4 sampled clients did not reply" in log
     assert results["final_accuracy"] > 0.2  # the valid clients still trained the model
+
+
+class _Nodes:
+    """A Grid whose nodes answer the discovery query with the given partition ids."""
+
+    def __init__(self, claims: dict[int, int]) -> None:
+        self.claims = claims  # node id -> partition id it claims
+
+    def get_node_ids(self):
+        return list(self.claims)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [Message(RecordDict({"m": MetricRecord({"partition-id": self.claims[m.metadata.dst_node_id]})}),
+                        reply_to=m) for m in pushed(list(messages))]
+
+
+@pytest.mark.parametrize("claims, words", [
+    ({11: 0, 12: 1, 13: 1}, "two SuperNodes claim partition-id=1"),
+    ({11: 0, 12: 1, 13: 3}, "partition-id=3, outside 0..2"),
+    ({11: 0, 12: 1, 13: -1}, "partition-id=-1, outside 0..2"),
+])
+def test_discovery_refuses_duplicate_and_out_of_range_partition_ids(flower_ids, claims, words):
+    from fedsign.discovery import discover_clients
+    from fedsign.errors import FedsignError
+
+    with pytest.raises(FedsignError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        discover_clients(_Nodes(claims), 3, timeout=5, poll=0.01)
+
+
+def test_discovery_maps_every_partition_to_its_node(flower_ids):
+    from fedsign.discovery import discover_clients
+
+    assert discover_clients(_Nodes({11: 2, 12: 0, 13: 1}), 3, timeout=5, poll=0.01) == {2: 11, 0: 12, 1: 13}

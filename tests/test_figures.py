@@ -22,6 +22,8 @@ from sim import figures
 from sim.figures_models import cosine_lr, init_batch_norm
 from sim.figures_softmax import fit_softmax, softmax_evaluator, softmax_metrics
 
+pytestmark = pytest.mark.slow  # makes every figure once (minutes on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
