@@ -31,7 +31,6 @@ class Update:
 
 @dataclass
 class Rejection:
-    client_id: int
     reason: str
 
 
@@ -45,34 +44,33 @@ def check_reply(message: Message, client_id: int, reference: Mapping[str, torch.
     shapes, dtypes), all finite, and a MetricRecord with a positive integer 'num-examples' and this
     client's 'partition-id'; else a Rejection."""
     if message.has_error():
-        return Rejection(client_id, f"client error: {last_line(message.error.reason)}")
+        return Rejection(f"client error: {last_line(message.error.reason)}")
     content = message.content
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
-        return Rejection(client_id, f"expected one ArrayRecord and one MetricRecord, got "
+        return Rejection(f"expected one ArrayRecord and one MetricRecord, got "
                                     f"{len(content.array_records)} and {len(content.metric_records)}")
     metrics = dict(next(iter(content.metric_records.values())))
     num = metrics.get("num-examples")
     if not _whole(num) or num <= 0:
-        return Rejection(client_id, f"missing or invalid 'num-examples' ({num!r})")
+        return Rejection(f"missing or invalid 'num-examples' ({num!r})")
     claimed = metrics.get("partition-id")
     if not _whole(claimed) or int(claimed) != client_id:
-        return Rejection(client_id, f"'partition-id' is {claimed!r}, but the model was sent to client {client_id}")
+        return Rejection(f"'partition-id' is {claimed!r}, but the model was sent to client {client_id}")
     try:
         tensors = next(iter(content.array_records.values())).to_torch_state_dict()
     except Exception as exc:  # noqa: BLE001 (undecodable payloads come in many forms)
-        return Rejection(client_id, f"undecodable arrays: {exc}")
+        return Rejection(f"undecodable arrays: {exc}")
     missing, extra = set(reference) - set(tensors), set(tensors) - set(reference)
     if missing or extra:
-        return Rejection(client_id, f"wrong keys: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+        return Rejection(f"wrong keys: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
     for key, ref in reference.items():
         got = tensors[key]
         if got.shape != ref.shape or got.dtype != ref.dtype:
-            return Rejection(client_id, f"'{key}' is {got.dtype}{tuple(got.shape)}, expected {ref.dtype}{tuple(ref.shape)}")
+            return Rejection(f"'{key}' is {got.dtype}{tuple(got.shape)}, expected {ref.dtype}{tuple(ref.shape)}")
         if not bool(torch.isfinite(got).all()):
-            return Rejection(client_id, f"'{key}' holds NaN or Inf values")
+            return Rejection(f"'{key}' holds NaN or Inf values")
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    device = next(iter(reference.values())).device
-    return Update(client_id, {k: v.to(device) for k, v in tensors.items()}, int(num), scalars)
+    return Update(client_id, {k: v.to(reference[k].device) for k, v in tensors.items()}, int(num), scalars)
 
 
 def _whole(value: object) -> bool:

@@ -103,6 +103,8 @@ def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("metrics, reason", [
+    ({"num-examples": 0, "partition-id": 0}, "num-examples"),
+    ({"num-examples": -3, "partition-id": 0}, "num-examples"),
     ({"num-examples": float("inf"), "partition-id": 0}, "num-examples"),
     ({"num-examples": float("nan"), "partition-id": 0}, "num-examples"),
     ({"num-examples": 2.5, "partition-id": 0}, "num-examples"),
@@ -112,7 +114,40 @@ def test_rejections_min_replies_and_metrics(flower_ids, tmp_path, caplog):
 def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
     reference = {"w": torch.zeros(2)}
     result = check_reply(train_reply(train_message(5), {"w": torch.ones(2)}, metrics), 0, reference)
-    assert isinstance(result, Rejection) and reason in result.reason and result.client_id == 0
+    assert isinstance(result, Rejection) and reason in result.reason
+
+
+def test_replies_of_the_wrong_form_are_rejected_and_good_ones_kept(flower_ids):
+    """Each check of check_reply on its own: a reply failing exactly one of them is rejected, and a
+    reply at the edge of every one (one example, a metric that is no number) is accepted."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from strategies.validation import Update, last_line
+
+    reference = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    good = {"a": torch.ones(2), "b": torch.ones(3)}
+    ok_metrics = {"num-examples": 1, "partition-id": 4, "train_loss": 0.5, "note": [1, 2], "odd": float("nan")}
+    sent = train_message(9)
+    accepted = check_reply(train_reply(sent, good, ok_metrics), 4, reference)
+    assert isinstance(accepted, Update) and accepted.num_examples == 1 and accepted.client_id == 4
+    assert accepted.metrics == {"num-examples": 1.0, "partition-id": 4.0, "train_loss": 0.5}
+    assert all(torch.equal(accepted.tensors[k], good[k]) for k in good)
+    two_arrays = Message(RecordDict({"x": ArrayRecord(torch_state_dict=good), "y": ArrayRecord(torch_state_dict=good),
+                                     "m": MetricRecord(ok_metrics)}), reply_to=sent)
+    cases = {
+        "expected one ArrayRecord": two_arrays,
+        "wrong keys: missing ['b']": train_reply(sent, {"a": torch.ones(2)}, ok_metrics),
+        "unexpected ['c']": train_reply(sent, {**good, "c": torch.ones(1)}, ok_metrics),
+        "'a' is torch.float64": train_reply(sent, {**good, "a": torch.ones(2, dtype=torch.float64)}, ok_metrics),
+        "model was sent to client 3": train_reply(sent, good, {**ok_metrics, "partition-id": 4}),
+    }
+    for reason, reply in cases.items():
+        client = 3 if "client 3" in reason else 4
+        result = check_reply(reply, client, reference)
+        assert isinstance(result, Rejection) and reason in result.reason, (reason, result)
+    assert last_line("Traceback ...\n  File x\nValueError: bad\n\n") == "ValueError: bad"
+    assert last_line(None) == last_line("") == last_line(" \n ") == "no reason given"
+    assert last_line("x" * 400) == "x" * 300
 
 
 @pytest.mark.slow
