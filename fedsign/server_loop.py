@@ -41,20 +41,28 @@ class Window:
 
     values: dict[str, list[float]] = field(default_factory=dict)
     rejected: int = 0
-    missing: int = 0  # sampled clients that did not reply within federation.round_timeout
+    missing: int = 0  # sampled clients with no usable reply (silent past the timeout, or unreachable)
     skipped: int = 0  # rounds not aggregated (fewer valid replies than federation.min_replies)
+    # who: client ids with a valid update, with no usable reply, rejected (id as text: the reason)
+    replied_ids: list[int] = field(default_factory=list)
+    missing_ids: list[int] = field(default_factory=list)
+    rejected_ids: dict[str, str] = field(default_factory=dict)
 
     def add(self, metrics: dict[str, Any]) -> None:
         self.rejected += int(metrics.get("rejected_updates", 0))
         self.missing += int(metrics.get("missing_replies", 0))
         self.skipped += int(metrics.get("skipped", 0))
+        self.replied_ids = sorted(set(self.replied_ids) | set(metrics.get("replied", [])))
+        self.missing_ids = sorted(set(self.missing_ids) | set(metrics.get("missing", [])))
+        self.rejected_ids.update(metrics.get("rejected", {}))
         for key in ("train_loss", "sign_flip_fraction", "global_sign_consistency"):
             if key in metrics:
                 self.values.setdefault(key, []).append(float(metrics[key]))
 
     def summary(self) -> dict[str, Any]:
         row: dict[str, Any] = {k: sum(v) / len(v) for k, v in self.values.items()}
-        row.update(rejected_updates=self.rejected, missing_replies=self.missing, skipped_rounds=self.skipped)
+        row.update(rejected_updates=self.rejected, missing_replies=self.missing, skipped_rounds=self.skipped,
+                   replied=self.replied_ids, missing=self.missing_ids, rejected=self.rejected_ids)
         return row
 
 
@@ -99,11 +107,15 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: RunDirectory) -> dict[st
         replies = list(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
         arrays, metrics = strategy.aggregate_train(server_round, replies)
         round_metrics: dict[str, Any] = dict(metrics or {})
-        round_metrics["missing_replies"] = len(messages) - len(replies)
-        if round_metrics["missing_replies"]:
+        round_metrics.update(missing_replies=len(strategy.missing), replied=strategy.replied,
+                             missing=sorted(strategy.missing),
+                             rejected={str(r.client_id): r.reason for r in strategy.rejections})
+        if strategy.missing:
             log.warning("round %d: %d of %d sampled clients did not reply within federation.round_timeout="
-                        "%g s", server_round, len(messages) - len(replies), len(messages),
-                        cfg.federation.round_timeout)
+                        "%g s or were unreachable: %s", server_round, len(strategy.missing), len(messages),
+                        cfg.federation.round_timeout,
+                        "; ".join(f"client {c} (node {strategy.nodes.get(c)}): {why}"
+                                  for c, why in sorted(strategy.missing.items())))
         if arrays is None:
             round_metrics["skipped"] = 1
             log.warning("round %d: %d valid updates (< federation.min_replies=%d); the global model is kept",

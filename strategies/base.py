@@ -9,15 +9,19 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from strategies.sampling import sample_clients
 from strategies.sign_metrics import sign_change_fraction
-from strategies.validation import Rejection, Update, validate_replies
+from strategies.validation import Rejection, Update, check_reply
 
 log = logging.getLogger("fedsign")
 Tensors = dict[str, torch.Tensor]
+# Flower's own error replies for a message no node will answer (the node missed its heartbeats, the
+# message or its reply expired): the client sent nothing, so it is missing, not rejected
+UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
 
 class FederatedStrategy(FedAvg):
@@ -43,6 +47,9 @@ class FederatedStrategy(FedAvg):
         self.sent: Tensors = {}  # the global model sent this round
         self.rejections: list[Rejection] = []
         self.updates: list[Update] = []
+        self.outbox: list[tuple[int, Message]] = []  # this round's (client id, message sent)
+        self.replied: list[int] = []  # client ids whose updates were aggregated this round
+        self.missing: dict[int, str] = {}  # sampled client ids with no usable reply: why
 
     # ---- Flower Strategy API ----
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -51,19 +58,40 @@ class FederatedStrategy(FedAvg):
             raise RuntimeError("the server loop must set strategy.nodes (client id -> node id) first")
         self.sent = arrays.to_torch_state_dict()
         chosen = sample_clients(self.num_clients, self.clients_per_round, self.seed, server_round)
-        return [
-            Message(content=RecordDict({"arrays": arrays,
-                                        "config": ConfigRecord({**dict(config), "server-round": server_round})}),
-                    message_type=MessageType.TRAIN, dst_node_id=self.nodes[cid])
+        self.outbox = [
+            (cid, Message(content=RecordDict({"arrays": arrays,
+                                              "config": ConfigRecord({**dict(config), "server-round": server_round})}),
+                          message_type=MessageType.TRAIN, dst_node_id=self.nodes[cid]))
             for cid in chosen
         ]
+        return [message for _, message in self.outbox]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.updates, self.rejections = validate_replies(replies, self.sent)
-        for rejection in self.rejections:
-            log.warning("round %d: rejected the update of node %s: %s", server_round, rejection.node_id,
-                        rejection.reason)
+        # a reply names the message it answers (the grid sets message ids when it sends; Flower's own
+        # error replies come from the SuperLink's node id, not from the node the message went to)
+        by_message = {m.metadata.message_id: cid for cid, m in self.outbox if m.metadata.message_id}
+        by_node = {node: cid for cid, node in self.nodes.items()}
+        self.updates, self.rejections, self.missing, replied = [], [], {}, set()
+        for reply in replies:
+            cid = by_message.get(reply.metadata.reply_to_message_id, by_node.get(reply.metadata.src_node_id, -1))
+            if reply.has_error() and reply.error.code in UNAVAILABLE:
+                self.missing[cid] = f"unreachable: {reply.error.reason}"
+                continue
+            result = check_reply(reply, self.sent)
+            if isinstance(result, Update):
+                self.updates.append(result)
+                replied.add(cid)
+                continue
+            result.node_id, result.client_id = self.nodes.get(cid, result.node_id), cid
+            self.rejections.append(result)
+            log.warning("round %d: rejected the update of client %d (node %s): %s", server_round, cid,
+                        result.node_id, result.reason)
+        rejected = {r.client_id for r in self.rejections}
+        for cid, _ in self.outbox:
+            if cid not in replied | rejected:
+                self.missing.setdefault(cid, "no reply within the round's timeout")
+        self.replied = sorted(replied)
         metrics = MetricRecord({"rejected_updates": len(self.rejections), "clients": len(self.updates)})
         if len(self.updates) < self.min_replies:
             return None, metrics

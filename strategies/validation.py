@@ -22,8 +22,9 @@ class Update:
 
 @dataclass
 class Rejection:
-    node_id: int
+    node_id: int  # the node the message went to
     reason: str
+    client_id: int = -1  # its partition id (-1: not known)
 
 
 def check_reply(message: Message, reference: Mapping[str, torch.Tensor]) -> Update | Rejection:
