@@ -1,145 +1,108 @@
 """A real deployment on localhost, as docs/deployment.md describes it: credentials from
 `fedsign.deploy.credentials`, one SuperLink with TLS and SuperNode authentication, two registered
 SuperNodes, `flwr run .` of two FedSign rounds; the run must finish as completed (Flower's own
-status) with a complete run directory, and a SuperNode whose key was not registered is refused.
-Every process started here (and every process they started) is stopped at the end, pass or fail."""
+status) with a complete run directory. A supervised SuperNode whose key is not registered is
+refused, keeps retrying, and joins once its key is registered. Every process started here (and
+every process they started) is stopped by PID at the end, pass or fail (tests/local_deployment.py).
+
+The `--node-config` strings the docs show are parsed the way flower-supernode parses them."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
+import re
+import shlex
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from fedsign.deploy.credentials import make_credentials
+from fedsign.deploy.supernode import parse_node_config
+from fedsign.errors import ConfigError
 from tests.conftest import ROOT
+from tests.local_deployment import HAS_FLOWER, HAS_PROC, LocalDeployment, processes  # noqa: F401 (a fixture)
 
-BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.skipif(not (BIN / "flower-superlink").exists(),
-                                reason="Flower's executables are not installed beside this Python")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (Flower detaches its SuperExec processes into new sessions)."""
-    children: dict[int, list[int]] = {}
-    for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
-        child, parent = map(int, line.split())
-        children.setdefault(parent, []).append(child)
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
+def documented_node_configs() -> list[tuple[str, str]]:
+    """(file, value) of every `--node-config '...'` in the docs, as the shell passes it on."""
+    found = []
+    for doc in DOCS:
+        for match in re.finditer(r"--node-config\s+('[^']*'|\"(?:[^\"\\]|\\.)*\")", doc.read_text()):
+            found.append((doc.name, shlex.split(match.group(1))[0]))
+    return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
-            return stat.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
+def test_the_documented_node_configs_parse_as_flower_parses_them():
+    forms = documented_node_configs()
+    assert {name for name, _ in forms} >= {"README.md", "deployment.md"}, forms
+    for name, value in forms:
+        config = parse_node_config(value)  # flwr.common.config.parse_config_args, then fedsign's keys
+        assert isinstance(config["partition-id"], int) and isinstance(config.get("data-root", ""), str), (name, value)
 
 
-@pytest.fixture
-def launch(tmp_path):
-    """launch(name, args, env) starts a process logging to tmp_path/name.log; all are stopped after."""
-    started: list[subprocess.Popen] = []
+@pytest.mark.parametrize("value, message", [
+    ("partition-id=3 num-partitions=3 data-root=/tmp/x/data", "quoted strings"),  # the form that failed
+    ("partition_id=0", "'partition_id' is not known"),
+    ('partition-id="0"', "must be a TOML int"),
+    ("partition-id=2 num-partitions=2", "0..num-partitions-1"),
+    ("num-partitions=2", "needs partition-id"),
+])
+def test_a_bad_node_config_is_one_line_and_exit_code_2(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_node_config(value)
+    proc = subprocess.run([sys.executable, "-m", "fedsign.deploy.supernode", "--node-config", value],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr
 
-    def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
-        started.append(proc)
-        return proc
 
-    yield start
-    pids: set[int] = set()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        # the started processes are not reaped yet, so their pids (and trees) are still theirs
-        pids = {pid for pid in pids if alive(pid)} | {c for proc in started for c in process_tree(proc.pid)}
-        for pid in pids:
+def test_insecure_against_a_tls_superlink_is_one_line_and_exit_code_2(tmp_path):
+    """flower-supernode itself would retry forever, logging only "Connection attempt failed"."""
+    make_credentials(tmp_path, supernodes=0)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    with socket.create_server(("127.0.0.1", 0)) as server:  # bound before the port is read: no race
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = server.accept()
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
                 pass
-        deadline = time.time() + 10
-        while any(alive(p) for p in pids) and time.time() < deadline:
-            time.sleep(0.2)
-    for proc in started:
-        proc.wait(timeout=10)
-    assert not [p for p in pids if alive(p)], "processes left running"
+
+        threading.Thread(target=serve, daemon=True).start()
+        proc = subprocess.run([sys.executable, "-m", "fedsign.deploy.supernode", "--insecure", "--superlink",
+                               f"127.0.0.1:{port}", "--node-config", "partition-id=0"],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "serves TLS" in proc.stderr and "--root-certificates" in proc.stderr
 
 
-def flwr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "flwr"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "the SuperLink exited"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the SuperLink did not listen on {port}")
-
-
-def test_tls_node_auth_deployment_runs_fedsign(tmp_path, launch):
-    creds = tmp_path / "creds"
-    make_credentials(creds, supernodes=3)  # supernode-2's key is never registered
-    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FLWR_HOME")}
-    base |= {"PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}", "FLWR_TELEMETRY_ENABLED": "0"}
-    port = free_port()
-    link = launch("superlink", [str(BIN / "flower-superlink"), "--ssl-certfile", str(creds / "server.pem"),
-                                "--ssl-keyfile", str(creds / "server.key"), "--ssl-ca-certfile", str(creds / "ca.crt"),
-                                "--enable-supernode-auth", "--port", str(port),
-                                "--disable-runtime-dependency-installation"],
-                  base | {"FLWR_HOME": str(tmp_path / "superlink-home")})
-    wait_for_port(port, link)
-
-    cli_home = tmp_path / "flwr-home"  # the `flwr` CLI's Flower configuration: one TLS connection
-    cli_home.mkdir()
-    (cli_home / "config.toml").write_text(f'[superlink]\ndefault = "fedsign"\n\n[superlink.fedsign]\n'
-                                          f'address = "127.0.0.1:{port}"\nroot-certificates = "{creds / "ca.crt"}"\n')
-    cli_env = base | {"FLWR_HOME": str(cli_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAS_FLOWER and HAS_PROC), reason="needs Flower's executables and Linux /proc")
+def test_tls_node_auth_deployment_runs_fedsign(tmp_path, processes):
+    dep = LocalDeployment(tmp_path, processes, num_keys=3)  # supernode-2's key is registered only at the end
+    dep.start_superlink()
     for i in (0, 1):
-        registered = flwr(cli_env, "supernode", "register", str(creds / f"supernode-{i}.pub"), "fedsign")
-        assert registered.returncode == 0 and "registered successfully" in registered.stdout, registered.stdout
-
-    nodes = {}
-    for i in (0, 1, 2):
-        node_config = f'partition-id={i % 2} num-partitions=2 state-dir="{tmp_path / f"state-{i}"}"'
-        nodes[i] = launch(f"supernode-{i}", [
-            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
-            "--root-certificates", str(creds / "ca.crt"), "--auth-supernode-private-key",
-            str(creds / f"supernode-{i}.key"), "--node-config", node_config, "--port", str(free_port())],
-            base | {"FLWR_HOME": str(tmp_path / f"supernode-home-{i}")})
+        dep.register(i)
+    for i in (0, 1):
+        dep.start_node(i, i, 2, supervised=False)  # plain flower-supernode, as in the docs' first steps
+    refused = dep.start_node(2, 0, 2)  # supervised, unregistered
 
     out = tmp_path / "run"
-    run = flwr(cli_env, "run", ".", "fedsign", "--stream", "--run-config",
-               f"train.rounds=2 method.name='fedsign' partition.scheme='iid' out='{out}'", timeout=540)
+    run = dep.flwr("run", ".", "fedsign", "--stream", "--run-config",
+                   f"train.rounds=2 method.name='fedsign' partition.scheme='iid' out='{out}'", timeout=540)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    listed = flwr(cli_env, "list", "fedsign", "--format", "json")
-    runs = json.loads(listed.stdout)["runs"]
+    runs = dep.runs()
     assert len(runs) == 1 and runs[0]["status"] == "finished:completed", runs
 
     results = json.loads((out / "results.json").read_text())
@@ -147,9 +110,17 @@ def test_tls_node_auth_deployment_runs_fedsign(tmp_path, launch):
     assert results["final_accuracy"] > 0.1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and all(r["rejected_updates"] == 0 for r in rows)
+    assert all(r["replied"] == [0, 1] and r["missing"] == [] for r in rows), rows
     assert (out / "checkpoints" / "server_round0002.safetensors").is_file()
 
-    # the unregistered SuperNode was refused by the SuperLink and gave up
-    assert nodes[2].wait(timeout=60) != 0
-    assert "Failed to activate SuperNode" in (tmp_path / "supernode-2.log").read_text()
-    assert nodes[0].poll() is None and nodes[1].poll() is None
+    # the unregistered SuperNode was refused: flower-supernode exits with status 1 and logs Flower's
+    # exit code 305; the supervisor keeps trying, and the node joins once its key is registered
+    log = processes.log("supernode-2")
+    assert "Failed to activate SuperNode" in log and "Exit Code: 305" in log, log[-2000:]
+    assert "flower-supernode ended (Flower exit code 305, status 1)" in log and "restarting in" in log
+    assert refused.poll() is None and "SuperNode ID" not in log
+    dep.register(2)
+    deadline = time.time() + 120
+    while "SuperNode ID" not in processes.log("supernode-2"):
+        assert time.time() < deadline and refused.poll() is None, processes.log("supernode-2")[-2000:]
+        time.sleep(1)

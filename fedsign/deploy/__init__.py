@@ -1,1 +1,2 @@
-"""Real deployments (SuperLink + SuperNodes): credentials for TLS and SuperNode authentication."""
+"""Real deployments (SuperLink + SuperNodes): credentials for TLS and SuperNode
+authentication (`credentials`), a supervised SuperNode that rejoins after a crash (`supernode`)."""

@@ -1,4 +1,4 @@
-"""Credentials for a real Flower 1.41 deployment (docs/deployment.md):
+"""Credentials for a real Flower 1.41/1.42 deployment (docs/deployment.md):
 
 - a certificate authority (ca.crt, ca.key) and the SuperLink's TLS certificate signed by it
   (server.pem, server.key; valid for localhost, 127.0.0.1 and the --hosts given): the SuperLink
