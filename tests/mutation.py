@@ -35,9 +35,40 @@ RESULTS = ROOT / "docs" / "results" / "mutation.json"
 DOC = ROOT / "docs" / "testing.md"
 MODULES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+# Modules, each group with the fast tests written for it (a smaller selection than pyproject's, so
+# that a surviving mutant does not run every test of the suite): one mutmut run per group.
+GROUPS: list[tuple[list[str], list[str]]] = [
+    (["strategies/base.py", "strategies/validation.py", "strategies/sampling.py", "strategies/sign_metrics.py",
+      "strategies/registry.py"],
+     ["tests/test_fedavg.py", "tests/test_faults.py", "tests/test_methods_client_state.py",
+      "tests/test_training_reference.py", "tests/test_config.py"]),
+    (["strategies/objective.py", "strategies/functional.py", "strategies/fedavg.py", "strategies/fedprox.py",
+      "strategies/moon.py", "strategies/feddyn.py", "strategies/fedpan.py", "strategies/fedsign.py"],
+     ["tests/test_methods_objectives.py", "tests/test_methods_client_state.py", "tests/test_training_reference.py",
+      "tests/test_config.py"]),
+    (["fedsign/local_training.py", "sim/cohort/*.py"],
+     ["tests/test_training_reference.py", "tests/test_stacked_sgd.py", "tests/test_cohort_engine.py",
+      "tests/test_cohort_equivalence.py", "tests/test_flower_internals.py"]),
+    (["fedsign/resume.py", "fedsign/checkpoint.py"],
+     ["tests/test_checkpoint.py", "tests/test_bad_input.py", "tests/test_resume_in_process.py",
+      "tests/test_client_state.py"]),
+    (["landscape/directions.py", "landscape/valley.py", "landscape/sign_sweep.py", "landscape/evaluator.py"],
+     ["tests/test_landscape_directions.py", "tests/test_landscape_evaluator.py", "tests/test_landscape_probes.py",
+      "tests/test_landscape_softmax.py", "tests/test_landscape_hessian.py"]),
+]
 
 # (module, function, the mutated line as mutmut shows it, stripped) -> why it cannot change a result
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+ON_CPU = "moves tensors to the device they are on already when no GPU is present (tests/test_gpu.py runs it on CUDA)"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("strategies/validation.py", "check_reply",
+     'return Rejection(f"wrong keys: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:3]}")'):
+        "how many key names the rejection message lists",
+    ("strategies/validation.py", "check_reply",
+     'return Rejection(f"wrong keys: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:4]}")'):
+        "how many key names the rejection message lists",
+    ("strategies/validation.py", "check_reply",
+     "return Update(client_id, {k: v.to(None) for k, v in tensors.items()}, int(num), scalars)"): ON_CPU,
+}
 
 
 def tracked_copy(destination: Path) -> None:
@@ -50,16 +81,17 @@ def tracked_copy(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
-def run_mutmut(modules: list[str], children: int) -> dict[str, dict]:
-    """{mutant name: {"module", "function", "status", "line"}} for the mutants of `modules`."""
+def run_mutmut(modules: list[str], tests: list[str], children: int) -> dict[str, dict]:
+    """{mutant name: {"module", "function", "status", "line"}} for the mutants of `modules`, tested by `tests`."""
     from mutmut.stats import status_by_exit_code
 
     with tempfile.TemporaryDirectory(prefix="fedsign-mutation-") as tmp:
         scratch = Path(tmp)
         tracked_copy(scratch)
         pyproject = (scratch / "pyproject.toml").read_text()
-        listed = "only_mutate = [" + ", ".join(json.dumps(m) for m in modules) + "]"
-        pyproject = re.sub(r"only_mutate = \[[^\]]*\]", listed.replace("\\", "\\\\"), pyproject, count=1)
+        for key, values in (("only_mutate", modules), ("pytest_add_cli_args_test_selection", tests)):
+            listed = f"{key} = [" + ", ".join(json.dumps(v) for v in values) + "]"
+            pyproject = re.sub(rf"\n{key} = \[[^\]]*\]", "\n" + listed, pyproject, count=1)
         (scratch / "pyproject.toml").write_text(pyproject)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
         env.pop("PYTHONPATH", None)
@@ -143,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             p.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
         started = datetime.datetime.now(datetime.timezone.utc)
-        found = run_mutmut(modules, args.children)
+        found: dict[str, dict] = {}
+        for group, tests in GROUPS:
+            chosen = [g for g in group if any(fnmatch.fnmatch(g, m) or fnmatch.fnmatch(m, g) for m in modules)]
+            if chosen:
+                found |= run_mutmut(chosen, tests, args.children)
         touched = {m["module"] for m in found.values()}
         results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

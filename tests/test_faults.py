@@ -120,7 +120,7 @@ def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
 def test_replies_of_the_wrong_form_are_rejected_and_good_ones_kept(flower_ids):
     """Each check of check_reply on its own: a reply failing exactly one of them is rejected, and a
     reply at the edge of every one (one example, a metric that is no number) is accepted."""
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
     from strategies.validation import Update, last_line
 
@@ -134,7 +134,9 @@ def test_replies_of_the_wrong_form_are_rejected_and_good_ones_kept(flower_ids):
     assert all(torch.equal(accepted.tensors[k], good[k]) for k in good)
     two_arrays = Message(RecordDict({"x": ArrayRecord(torch_state_dict=good), "y": ArrayRecord(torch_state_dict=good),
                                      "m": MetricRecord(ok_metrics)}), reply_to=sent)
+    garbage = ArrayRecord({"a": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"not an array")})
     cases = {
+        "undecodable arrays": Message(RecordDict({"x": garbage, "m": MetricRecord(ok_metrics)}), reply_to=sent),
         "expected one ArrayRecord": two_arrays,
         "wrong keys: missing ['b']": train_reply(sent, {"a": torch.ones(2)}, ok_metrics),
         "unexpected ['c']": train_reply(sent, {**good, "c": torch.ones(1)}, ok_metrics),

@@ -149,48 +149,37 @@ def test_fedprox_smooth_l1_is_the_authors_huber_variant():
 
 
 # ---- FedDyn ----
-def test_feddyn_gradient_is_linear_plus_proximal_and_the_state_update():
+# per variant: the regulariser's gradient (w, w_g, g_k, number of tensors T) and the next g_k
+FEDDYN = {
+    # acar (FedDyn Algorithm 1): −g_k + α(w − w_g); g_k ← g_k − α(w_k − w_g)
+    "acar": (lambda w, glob, g, alpha, t: -g + alpha * (w - glob), lambda w, glob, g, alpha: g - alpha * (w - glob)),
+    # fedrepo (lxcnju/FedRepo): ∇ of α/T·Σ_tensors(⟨w, g − w_g⟩ + ||w||²) = α/T·(g − w_g + 2w); g ← g + (w − w_g)
+    "fedrepo": (lambda w, glob, g, alpha, t: alpha / t * (g - glob + 2 * w), lambda w, glob, g, alpha: g + (w - glob)),
+}
+
+
+@pytest.mark.parametrize("variant", list(FEDDYN))
+def test_feddyn_gradient_and_state_update_of_each_variant(variant):
     model, (x, y) = _model(), _batch()
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
     alpha = 0.2
-    objective = FedDynObjective(FedDynConfig(alpha=alpha))
+    gradient, update = FEDDYN[variant]
+    objective = FedDynObjective(FedDynConfig(alpha=alpha, variant=variant))
     gen = torch.Generator().manual_seed(5)
     g_state = {f"grad.{k}": torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in glob.items()}
     consts = objective.prepare(model, glob, g_state)
     params = _params(model, scale=0.1)
     got = _regulariser_grad(objective, model, params, consts, x, y)
     for k, v in params.items():
-        expected = -g_state[f"grad.{k}"] + alpha * (v.detach() - glob[k])  # −∇_k(t−1) + α(w − w_g)
+        expected = gradient(v.detach(), glob[k], g_state[f"grad.{k}"], alpha, len(glob))
         assert torch.allclose(got[k], expected, rtol=1e-10, atol=1e-13), k
     numeric, analytic = _directional_fd(objective, model, params, consts, x, y)
     assert numeric == pytest.approx(analytic, rel=1e-5)
     new = objective.next_state({k: v.detach() for k, v in params.items()}, consts, g_state)
     for k, v in params.items():
-        assert torch.allclose(new[f"grad.{k}"], g_state[f"grad.{k}"] - alpha * (v.detach() - glob[k]))
-    first = objective.prepare(model, glob, {})  # no state yet: ∇L_k = 0
+        assert torch.allclose(new[f"grad.{k}"], update(v.detach(), glob[k], g_state[f"grad.{k}"], alpha), atol=1e-14)
+    first = objective.prepare(model, glob, {})  # no state yet: g_k = 0
     assert all(float(v.abs().max()) == 0 for k, v in first.items() if k.startswith("grad."))
-
-
-def test_feddyn_fedrepo_variant_gradient_and_state_update():
-    """The authors' FedDyn (lxcnju/FedRepo): ∇ of α/T·Σ_tensors(⟨w, g − w_g⟩ + ||w||²) is
-    α/T·(g − w_g + 2w) per tensor, and g ← g + (w − w_g)."""
-    model, (x, y) = _model(), _batch()
-    glob = {k: v.detach().clone() for k, v in model.named_parameters()}
-    alpha, tensors = 0.3, len(glob)
-    objective = FedDynObjective(FedDynConfig(alpha=alpha, variant="fedrepo"))
-    gen = torch.Generator().manual_seed(6)
-    g_state = {f"grad.{k}": torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in glob.items()}
-    consts = objective.prepare(model, glob, g_state)
-    params = _params(model, scale=0.1)
-    got = _regulariser_grad(objective, model, params, consts, x, y)
-    for k, v in params.items():
-        expected = alpha / tensors * (g_state[f"grad.{k}"] - glob[k] + 2 * v.detach())
-        assert torch.allclose(got[k], expected, rtol=1e-10, atol=1e-13), k
-    numeric, analytic = _directional_fd(objective, model, params, consts, x, y)
-    assert numeric == pytest.approx(analytic, rel=1e-5)
-    new = objective.next_state({k: v.detach() for k, v in params.items()}, consts, g_state)
-    for k, v in params.items():
-        assert torch.allclose(new[f"grad.{k}"], g_state[f"grad.{k}"] + (v.detach() - glob[k]), atol=1e-14)
 
 
 def test_feddyn_rejects_alpha_zero_and_unknown_variants():
