@@ -56,10 +56,4 @@ class CheckpointContext:
 
     def evaluator(self, recalibrate: bool = True, batch_size: int = 500, chunk: int | None = None) -> Evaluator:
         return Evaluator(self.model, self.test, self.train, recalibrate=recalibrate and has_batch_norm(self.model),
-                         batch_size=batch_size, chunk=chunk or default_chunk(self.device))
-
-
-def default_chunk(device: torch.device | str) -> int:
-    """Points per vmap chunk: 16 on a GPU; 1 on a CPU, where vmapped (grouped) convolutions were slower
-    than one point at a time (docs/landscape.md)."""
-    return 16 if torch.device(device).type == "cuda" else 1
+                         batch_size=batch_size, chunk=chunk)

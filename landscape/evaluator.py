@@ -1,16 +1,28 @@
 """Loss and error of many parameter points theta_k = base + sum_j c_kj d_j with little repeated work.
 
-Points are evaluated a chunk at a time: torch.func.functional_call under vmap over the chunk, one pass
-over the (cached, normalised) data per chunk. With BN, every point first gets its own running
-statistics (NOTES.md section 3: reset, then one pass over a training subset): BN layers run on batch
-statistics while hooks record each batch's mean and unbiased variance; their average over batches is
-exactly what PyTorch's cumulative running average (momentum=None) gives. Running stats are never part
-of a direction, num_batches_tracked is never touched, and every non-BN module (dropout) stays in eval.
+Two ways to evaluate, the same numbers (up to float rounding):
+- one point at a time (chunk 1): a private copy of the model whose parameters are overwritten with
+  base + sum_j c_kj d_j, computed afresh from base for every point (never accumulated), forward passes
+  under torch.inference_mode. BN statistics are recomputed the way PyTorch does it natively: reset,
+  BN layers (only they) in train mode with momentum=None (a cumulative average), one pass over the
+  recalibration data, back to eval.
+- chunks of points under torch.func.vmap (chunk > 1, the GPU default): torch.func.functional_call on
+  batched parameters, one pass over the data per chunk. BN layers run on batch statistics while hooks
+  record each batch's mean and unbiased variance; their average over batches is what PyTorch's
+  cumulative running average (momentum=None) gives.
+
+With BN, every point gets its own running statistics (the asymmetric-valley paper recomputes them
+after every perturbation: Sect. 3.2; the companion paper's "UpBN", Sect. 2.1). Running stats are
+never part of a direction, num_batches_tracked of the caller's model is never touched, and every
+non-BN module (dropout) stays in eval mode. On a CPU the chunk is chosen by timing (`auto_chunk`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +34,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fedsign.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
+
+GPU_CHUNK = 16  # points per vmap chunk on a GPU
+TUNE_CHUNKS = (2, 4, 8)  # vmap chunks a CPU run times against one point at a time
+TUNE_IMAGES = 32  # images (and recalibration images) of the timing slice
+TUNE_MIN_SECONDS = 1.0  # runs projected shorter than this keep one point at a time untimed
+_tuned: dict[tuple, int] = {}  # auto_chunk's choices in this process
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,9 @@ class ProbeData:
     def batches(self, batch_size: int):
         for start in range(0, len(self), batch_size):
             yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+
+    def head(self, n: int) -> ProbeData:
+        return ProbeData(self.x[:n], self.y[:n], self.description)
 
 
 @contextlib.contextmanager
@@ -77,15 +98,25 @@ def _over_points(fn, k: int):
     return single
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Evaluator:
-    """Evaluates a model at parameter points; usable with any nn.Module whose forward(x) gives logits."""
+    """Evaluates a model at parameter points; usable with any nn.Module whose forward(x) gives logits.
+
+    chunk: points per vmap chunk; None chooses (16 on a GPU, timed on a CPU: `auto_chunk`)."""
 
     def __init__(self, model: nn.Module, data: ProbeData, bn_data: ProbeData | None = None, *,
-                 recalibrate: bool = True, batch_size: int = 500, chunk: int = 8) -> None:
+                 recalibrate: bool = True, batch_size: int = 500, chunk: int | None = None) -> None:
+        if batch_size < 1 or (chunk is not None and chunk < 1):
+            raise ConfigError(f"batch size ({batch_size}) and chunk ({chunk}) must be >= 1")
         self.model = model
         self.data = data
         self.batch_size = batch_size
-        self.chunk = max(1, chunk)
+        self.chunk = chunk
+        self.chunk_used: int | None = None  # the chunk of the last evaluate() call
         self.bn_layers = [(name, m) for name, m in model.named_modules()
                           if isinstance(m, _BatchNorm) and m.track_running_stats]
         self.recalibrate = recalibrate and bool(self.bn_layers)
@@ -93,6 +124,7 @@ class Evaluator:
             raise ConfigError("the model has BatchNorm: give data to recompute its statistics, or skip recalibration")
         self.bn_data = bn_data
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self._copy: nn.Module | None = None
 
     def parameters(self) -> Params:
         """The model's own float parameters (the probe's theta), detached."""
@@ -104,18 +136,104 @@ class Evaluator:
         coefficients = torch.as_tensor(coefficients, dtype=torch.float64).reshape(len(coefficients), -1)
         if coefficients.shape[1] != len(directions):
             raise ValueError(f"{coefficients.shape[1]} coefficients per point for {len(directions)} directions")
-        losses, errors = [], []
-        for start in range(0, len(coefficients), self.chunk):
-            loss, error = self._chunk(base, directions, coefficients[start:start + self.chunk])
+        losses, errors, done = [], [], 0
+        if self.chunk is None and self.data.x.device.type != "cuda" and len(coefficients) > 1:
+            started = time.perf_counter()  # the first point, timed: is the run long enough to tune?
+            loss, error = self._run(1, base, directions, coefficients[:1])
+            losses, errors, done = [loss], [error], 1
+            projected = (time.perf_counter() - started) * (len(coefficients) - 1)
+            chunk = auto_chunk(self, base, directions, coefficients[1:]) if projected > TUNE_MIN_SECONDS else 1
+        else:
+            chunk = self.chunk or (GPU_CHUNK if self.data.x.device.type == "cuda" else 1)
+        self.chunk_used = chunk
+        # few calls (each sets up the working copy): the whole run, or about 20 steps with progress
+        step = chunk * max(1, math.ceil(len(coefficients) / chunk / (20 if progress is not None else 1)))
+        for start in range(done, len(coefficients), step):
+            loss, error = self._run(chunk, base, directions, coefficients[start:start + step])
             losses.append(loss)
             errors.append(error)
             if progress is not None:
-                progress(min(start + self.chunk, len(coefficients)), len(coefficients))
+                progress(min(start + step, len(coefficients)), len(coefficients))
         return torch.cat(losses).cpu(), torch.cat(errors).cpu()
 
     def curve(self, base: Params, direction: Params, lambdas, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, error) along base + lambda * direction."""
         return self.evaluate(base, [direction], torch.as_tensor(lambdas, dtype=torch.float64)[:, None], progress)
+
+    def _run(self, chunk: int, base: Params, directions: list[Params], coefficients: torch.Tensor,
+             data: ProbeData | None = None, bn_data: ProbeData | None = None):
+        data, bn_data = data or self.data, bn_data or self.bn_data
+        if chunk == 1:
+            return self._one_at_a_time(base, directions, coefficients, data, bn_data)
+        parts = [self._chunk(base, directions, coefficients[s:s + chunk], data, bn_data)
+                 for s in range(0, len(coefficients), chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    # ---- one point at a time, on a private copy of the model ------------------------------------------
+
+    def _working_copy(self, base: Params) -> tuple[nn.Module, Params]:
+        """The private copy (made once) holding base's values; its parameters by name."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.model).eval()
+            for p in self._copy.parameters():
+                p.requires_grad_(False)
+            for m in self._copy.modules():
+                if isinstance(m, _BatchNorm):
+                    m.momentum = None  # train-mode passes keep a cumulative average
+        params = dict(self._copy.named_parameters())
+        with torch.no_grad():
+            for n, b in self._copy.named_buffers():
+                b.copy_(self.buffers[n])
+            for n, t in base.items():
+                params[n].copy_(t)
+        return self._copy, params
+
+    def _recalibrate(self, model: nn.Module, bn_data: ProbeData) -> None:
+        """PyTorch's own recalibration: reset, one train-mode pass (BN layers only), cumulative average."""
+        bn = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        for m in bn:
+            m.reset_running_stats()
+            m.train()
+        for x, _ in bn_data.batches(self.batch_size):
+            model(x)
+        for m in bn:
+            m.eval()
+
+    def _one_at_a_time(self, base: Params, directions: list[Params], coefficients: torch.Tensor,
+                       data: ProbeData, bn_data: ProbeData | None):
+        model, params = self._working_copy(base)
+        terms = {n: [(j, d[n].to(base[n].device, base[n].dtype)) for j, d in enumerate(directions) if n in d]
+                 for n in base}
+        terms = {n: t for n, t in terms.items() if t}
+        loss = torch.zeros(len(coefficients), dtype=torch.float64, device=data.x.device)
+        wrong = torch.zeros_like(loss)
+        with torch.inference_mode():
+            for k, row in enumerate(coefficients.tolist()):
+                for n, pairs in terms.items():  # theta_k = base + sum_j c_kj d_j, from base every time
+                    (j, d), rest = pairs[0], pairs[1:]
+                    torch.add(base[n], d, alpha=row[j], out=params[n])
+                    for j, d in rest:
+                        params[n].add_(d, alpha=row[j])
+                if self.recalibrate:
+                    self._recalibrate(model, bn_data)
+                for x, y in data.batches(self.batch_size):
+                    logits = model(x)
+                    loss[k] += F.cross_entropy(logits, y, reduction="sum")
+                    wrong[k] += (logits.argmax(1) != y).sum()
+        n = max(len(data), 1)
+        return loss / n, wrong / n
+
+    def buffers_at(self, base: Params) -> Params:
+        """The model's buffers at base: with recalibration, BN running statistics recomputed there (the
+        statistics every evaluated point gets); else the model's own buffers."""
+        if not self.recalibrate:
+            return dict(self.buffers)
+        model, _ = self._working_copy(base)
+        with torch.inference_mode():
+            self._recalibrate(model, self.bn_data)
+        return {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    # ---- chunks of points under vmap ----------------------------------------------------------------
 
     def _points(self, base: Params, directions: list[Params], coefficients: torch.Tensor) -> Params:
         """Batched tensors [k, ...] for every perturbed parameter, computed afresh from base."""
@@ -131,27 +249,28 @@ class Evaluator:
             points[name] = total
         return points
 
-    def _chunk(self, base: Params, directions: list[Params], coefficients: torch.Tensor):
+    def _chunk(self, base: Params, directions: list[Params], coefficients: torch.Tensor,
+               data: ProbeData, bn_data: ProbeData | None):
         batched = self._points(base, directions, coefficients)
         fixed = {**self.buffers, **{n: t for n, t in base.items() if n not in batched}}
-        stats = self.bn_statistics(batched, fixed) if self.recalibrate else {}
+        stats = self.bn_statistics(batched, fixed, bn_data) if self.recalibrate else {}
         fixed = {n: t for n, t in fixed.items() if n not in stats}
 
         def point(params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor):
             logits = functional_call(self.model, {**fixed, **params, **buffers}, (x,))
             return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) != y).sum()
 
-        loss = torch.zeros(len(coefficients), dtype=torch.float64, device=self.data.x.device)
-        wrong = torch.zeros(len(coefficients), dtype=torch.float64, device=self.data.x.device)
+        loss = torch.zeros(len(coefficients), dtype=torch.float64, device=data.x.device)
+        wrong = torch.zeros(len(coefficients), dtype=torch.float64, device=data.x.device)
         with torch.no_grad(), probe_mode(self.model, bn_batch_stats=False):
-            for x, y in self.data.batches(self.batch_size):
+            for x, y in data.batches(self.batch_size):
                 batch_loss, batch_wrong = _over_points(point, len(coefficients))(batched, stats, x, y)
                 loss += batch_loss
                 wrong += batch_wrong
-        n = max(len(self.data), 1)
+        n = max(len(data), 1)
         return loss / n, wrong / n
 
-    def bn_statistics(self, batched: Params, fixed: Params) -> Params:
+    def bn_statistics(self, batched: Params, fixed: Params, bn_data: ProbeData | None = None) -> Params:
         """Recomputed running_mean / running_var [k, C] of every BN layer for every point (one pass)."""
         records: list[tuple[torch.Tensor, torch.Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, inp, out: records.append(_channel_stats(inp[0])))
@@ -168,7 +287,7 @@ class Evaluator:
         count = 0
         try:
             with torch.no_grad(), probe_mode(self.model, bn_batch_stats=True):
-                for x, _ in self.bn_data.batches(self.batch_size):
+                for x, _ in (bn_data or self.bn_data).batches(self.batch_size):
                     k = len(next(iter(batched.values())))
                     flat = list(_over_points(point_stats, k)(batched, {}, x, None))
                     sums = flat if sums is None else [s + t for s, t in zip(sums, flat)]
@@ -182,3 +301,28 @@ class Evaluator:
             stats[prefix + "running_mean"] = sums[2 * i] / count
             stats[prefix + "running_var"] = sums[2 * i + 1] / count
         return stats
+
+
+def auto_chunk(evaluator: Evaluator, base: Params, directions: list[Params], coefficients: torch.Tensor) -> int:
+    """The fastest points-per-chunk on this device: one point at a time against vmap chunks of
+    TUNE_CHUNKS points, each timed on a TUNE_IMAGES-image slice of the data (and of the recalibration
+    data) after one warm-up call; the choice is cached for the same model shapes, data, dtype, device
+    and thread count. A small slice favours vmap's fixed costs less than full batches would."""
+    names = tuple((n, tuple(t.shape)) for n, t in base.items() if any(n in d for d in directions))
+    key = (type(evaluator.model).__qualname__, names, len(directions), tuple(evaluator.data.x.shape[1:]),
+           str(evaluator.data.x.dtype), str(evaluator.data.x.device), torch.get_num_threads(),
+           evaluator.recalibrate, evaluator.batch_size)
+    if key not in _tuned:
+        data = evaluator.data.head(TUNE_IMAGES)
+        bn_data = evaluator.bn_data.head(TUNE_IMAGES) if evaluator.bn_data is not None else None
+        rows = coefficients[torch.arange(max(TUNE_CHUNKS)) % len(coefficients)]
+        per_point = {}
+        for chunk in (1,) + TUNE_CHUNKS:
+            part = rows[:chunk]
+            evaluator._run(chunk, base, directions, part, data, bn_data)  # warm-up
+            started = time.perf_counter()
+            evaluator._run(chunk, base, directions, part, data, bn_data)
+            _sync(data.x.device)
+            per_point[chunk] = (time.perf_counter() - started) / chunk
+        _tuned[key] = min(per_point, key=per_point.get)
+    return _tuned[key]
