@@ -14,7 +14,7 @@ Two ways to evaluate, the same numbers (up to float rounding):
 With BN, every point gets its own running statistics (the asymmetric-valley paper recomputes them
 after every perturbation: Sect. 3.2; the companion paper's "UpBN", Sect. 2.1). Running stats are
 never part of a direction, num_batches_tracked of the caller's model is never touched, and every
-non-BN module (dropout) stays in eval mode. On a CPU the chunk is chosen by timing (`auto_chunk`).
+non-BN module (dropout) stays in eval mode. On a CPU the chunk is chosen by timing (_choose_chunk).
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedsign.errors import ConfigError
+from landscape.replay import Cursor, Replay
 
 Params = dict[str, torch.Tensor]
 
 GPU_CHUNK = 16  # points per vmap chunk on a GPU
 TUNE_CHUNKS = (2, 4, 8)  # vmap chunks a CPU run times against one point at a time
-TUNE_IMAGES = 32  # images (and recalibration images) of the timing slice
-TUNE_MIN_SECONDS = 1.0  # runs projected shorter than this keep one point at a time untimed
-_tuned: dict[tuple, int] = {}  # auto_chunk's choices in this process
+TUNE_POINTS_PER_CHUNK = 60  # a chunk of c is tried only with >= 60 c points left (a slow trial costs < ~5 %)
+REPLAY_BYTES = 2**30  # memory for replayed outputs (landscape.replay) per data set
+_tuned: dict[tuple, int] = {}  # _choose_chunk's choices in this process
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,6 @@ class ProbeData:
     def batches(self, batch_size: int):
         for start in range(0, len(self), batch_size):
             yield self.x[start:start + batch_size], self.y[start:start + batch_size]
-
-    def head(self, n: int) -> ProbeData:
-        return ProbeData(self.x[:n], self.y[:n], self.description)
 
 
 @contextlib.contextmanager
@@ -106,10 +104,12 @@ def _sync(device: torch.device) -> None:
 class Evaluator:
     """Evaluates a model at parameter points; usable with any nn.Module whose forward(x) gives logits.
 
-    chunk: points per vmap chunk; None chooses (16 on a GPU, timed on a CPU: `auto_chunk`)."""
+    chunk: points per vmap chunk; None chooses (16 on a GPU, timed on a CPU: _choose_chunk).
+    replay_bytes: memory one point at a time may use to replay what is the same at every point."""
 
     def __init__(self, model: nn.Module, data: ProbeData, bn_data: ProbeData | None = None, *,
-                 recalibrate: bool = True, batch_size: int = 500, chunk: int | None = None) -> None:
+                 recalibrate: bool = True, batch_size: int = 500, chunk: int | None = None,
+                 replay_bytes: int = REPLAY_BYTES) -> None:
         if batch_size < 1 or (chunk is not None and chunk < 1):
             raise ConfigError(f"batch size ({batch_size}) and chunk ({chunk}) must be >= 1")
         self.model = model
@@ -124,7 +124,9 @@ class Evaluator:
             raise ConfigError("the model has BatchNorm: give data to recompute its statistics, or skip recalibration")
         self.bn_data = bn_data
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.replay_bytes = replay_bytes
         self._copy: nn.Module | None = None
+        self._replay: Replay | None | bool = False  # during evaluate(): the Replay, None (none) or True (to record)
 
     def parameters(self) -> Params:
         """The model's own float parameters (the probe's theta), detached."""
@@ -136,15 +138,18 @@ class Evaluator:
         coefficients = torch.as_tensor(coefficients, dtype=torch.float64).reshape(len(coefficients), -1)
         if coefficients.shape[1] != len(directions):
             raise ValueError(f"{coefficients.shape[1]} coefficients per point for {len(directions)} directions")
-        losses, errors, done = [], [], 0
-        if self.chunk is None and self.data.x.device.type != "cuda" and len(coefficients) > 1:
-            started = time.perf_counter()  # the first point, timed: is the run long enough to tune?
-            loss, error = self._run(1, base, directions, coefficients[:1])
-            losses, errors, done = [loss], [error], 1
-            projected = (time.perf_counter() - started) * (len(coefficients) - 1)
-            chunk = auto_chunk(self, base, directions, coefficients[1:]) if projected > TUNE_MIN_SECONDS else 1
-        else:
-            chunk = self.chunk or (GPU_CHUNK if self.data.x.device.type == "cuda" else 1)
+        self._replay = len(coefficients) > 1 or None  # recorded on first use: it pays off from the second point
+        try:
+            return self._evaluate(base, directions, coefficients, progress)
+        finally:
+            self._replay = False
+
+    def _evaluate(self, base: Params, directions: list[Params], coefficients: torch.Tensor, progress):
+        losses, errors = [], []
+        chunk = self.chunk or (GPU_CHUNK if self.data.x.device.type == "cuda" else None)
+        done = 0
+        if chunk is None:
+            chunk, done = self._choose_chunk(base, directions, coefficients, losses, errors)
         self.chunk_used = chunk
         # few calls (each sets up the working copy): the whole run, or about 20 steps with progress
         step = chunk * max(1, math.ceil(len(coefficients) / chunk / (20 if progress is not None else 1)))
@@ -156,17 +161,45 @@ class Evaluator:
                 progress(min(start + step, len(coefficients)), len(coefficients))
         return torch.cat(losses).cpu(), torch.cat(errors).cpu()
 
+    def _choose_chunk(self, base: Params, directions: list[Params], coefficients: torch.Tensor,
+                      losses: list, errors: list) -> tuple[int, int]:
+        """On a CPU, the fastest points per chunk, timed on the run's own first points: one point at a
+        time, then vmap chunks of TUNE_CHUNKS points while each is faster per point than the best so far
+        and enough points are left for a slow trial to cost little (TUNE_POINTS_PER_CHUNK). The choice
+        is kept for the same model shapes, data, dtype, device and thread count in this process.
+        Returns (chunk, points already evaluated), their results appended to losses/errors."""
+        moved = tuple((n, tuple(t.shape)) for n, t in base.items() if any(n in d for d in directions))
+        key = (type(self.model).__qualname__, moved, len(directions), tuple(self.data.x.shape),
+               str(self.data.x.dtype), str(self.data.x.device), torch.get_num_threads(), self.recalibrate,
+               len(self.bn_data) if self.recalibrate else 0, self.batch_size)
+        if key in _tuned:
+            return _tuned[key], 0
+        best, best_time, done = 1, math.inf, 0
+        self._run(1, base, directions, coefficients[:0])  # set-up (model copy, replay) outside the timing
+        for chunk in (1,) + TUNE_CHUNKS:
+            if chunk > 1 and len(coefficients) - done < TUNE_POINTS_PER_CHUNK * chunk:
+                return best, done  # too few points left to try: not kept
+            started = time.perf_counter()
+            loss, error = self._run(chunk, base, directions, coefficients[done:done + chunk])
+            _sync(self.data.x.device)
+            per_point = (time.perf_counter() - started) / len(loss)
+            losses.append(loss)
+            errors.append(error)
+            done += len(loss)
+            if per_point >= best_time:
+                break
+            best, best_time = chunk, per_point
+        _tuned[key] = best
+        return best, done
+
     def curve(self, base: Params, direction: Params, lambdas, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, error) along base + lambda * direction."""
         return self.evaluate(base, [direction], torch.as_tensor(lambdas, dtype=torch.float64)[:, None], progress)
 
-    def _run(self, chunk: int, base: Params, directions: list[Params], coefficients: torch.Tensor,
-             data: ProbeData | None = None, bn_data: ProbeData | None = None):
-        data, bn_data = data or self.data, bn_data or self.bn_data
+    def _run(self, chunk: int, base: Params, directions: list[Params], coefficients: torch.Tensor):
         if chunk == 1:
-            return self._one_at_a_time(base, directions, coefficients, data, bn_data)
-        parts = [self._chunk(base, directions, coefficients[s:s + chunk], data, bn_data)
-                 for s in range(0, len(coefficients), chunk)]
+            return self._one_at_a_time(base, directions, coefficients)
+        parts = [self._chunk(base, directions, coefficients[s:s + chunk]) for s in range(0, len(coefficients), chunk)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     # ---- one point at a time, on a private copy of the model ------------------------------------------
@@ -188,35 +221,60 @@ class Evaluator:
                 params[n].copy_(t)
         return self._copy, params
 
-    def _recalibrate(self, model: nn.Module, bn_data: ProbeData) -> None:
+    def _recalibrate(self, model: nn.Module, cursor: Cursor) -> None:
         """PyTorch's own recalibration: reset, one train-mode pass (BN layers only), cumulative average."""
         bn = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
         for m in bn:
             m.reset_running_stats()
             m.train()
-        for x, _ in bn_data.batches(self.batch_size):
+        for i, (x, _) in enumerate(self.bn_data.batches(self.batch_size)):
+            cursor.key = ("bn", i)
             model(x)
         for m in bn:
             m.eval()
 
-    def _one_at_a_time(self, base: Params, directions: list[Params], coefficients: torch.Tensor,
-                       data: ProbeData, bn_data: ProbeData | None):
+    def _replay_for(self, model: nn.Module, directions: list[Params], moved: set[str]) -> Replay | None:
+        """This evaluate() call's replay (recorded at base, the copy's values, on first use), or None."""
+        if self._replay is True:
+            cursor = Cursor()
+            images = len(self.data) + (len(self.bn_data) if self.recalibrate else 0)
+            replay = Replay.plan(model, moved, self.data.x[:1], images, self.replay_bytes, len(directions),
+                                 self.recalibrate, cursor)
+            if replay is not None:
+                with torch.inference_mode(), replay.capturing():
+                    if self.recalibrate:
+                        self._recalibrate(model, cursor)
+                    for i, (x, _) in enumerate(self.data.batches(self.batch_size)):
+                        cursor.key = ("eval", i)
+                        model(x)
+                with torch.inference_mode():
+                    replay.record_terms(directions)
+            self._replay = replay
+        return self._replay or None
+
+    def _one_at_a_time(self, base: Params, directions: list[Params], coefficients: torch.Tensor):
+        data = self.data
         model, params = self._working_copy(base)
         terms = {n: [(j, d[n].to(base[n].device, base[n].dtype)) for j, d in enumerate(directions) if n in d]
                  for n in base}
         terms = {n: t for n, t in terms.items() if t}
+        replay = self._replay_for(model, directions, set(terms))
+        cursor = replay.cursor if replay is not None else Cursor()
+        recalibrate = self.recalibrate and (replay is None or replay.needs_recalibration)
         loss = torch.zeros(len(coefficients), dtype=torch.float64, device=data.x.device)
         wrong = torch.zeros_like(loss)
-        with torch.inference_mode():
+        with torch.inference_mode(), (replay.installed() if replay is not None else contextlib.nullcontext()):
             for k, row in enumerate(coefficients.tolist()):
+                cursor.row = row
                 for n, pairs in terms.items():  # theta_k = base + sum_j c_kj d_j, from base every time
                     (j, d), rest = pairs[0], pairs[1:]
                     torch.add(base[n], d, alpha=row[j], out=params[n])
                     for j, d in rest:
                         params[n].add_(d, alpha=row[j])
-                if self.recalibrate:
-                    self._recalibrate(model, bn_data)
-                for x, y in data.batches(self.batch_size):
+                if recalibrate:
+                    self._recalibrate(model, cursor)
+                for i, (x, y) in enumerate(data.batches(self.batch_size)):
+                    cursor.key = ("eval", i)
                     logits = model(x)
                     loss[k] += F.cross_entropy(logits, y, reduction="sum")
                     wrong[k] += (logits.argmax(1) != y).sum()
@@ -230,7 +288,7 @@ class Evaluator:
             return dict(self.buffers)
         model, _ = self._working_copy(base)
         with torch.inference_mode():
-            self._recalibrate(model, self.bn_data)
+            self._recalibrate(model, Cursor())
         return {n: b.detach().clone() for n, b in model.named_buffers()}
 
     # ---- chunks of points under vmap ----------------------------------------------------------------
@@ -249,11 +307,11 @@ class Evaluator:
             points[name] = total
         return points
 
-    def _chunk(self, base: Params, directions: list[Params], coefficients: torch.Tensor,
-               data: ProbeData, bn_data: ProbeData | None):
+    def _chunk(self, base: Params, directions: list[Params], coefficients: torch.Tensor):
+        data = self.data
         batched = self._points(base, directions, coefficients)
         fixed = {**self.buffers, **{n: t for n, t in base.items() if n not in batched}}
-        stats = self.bn_statistics(batched, fixed, bn_data) if self.recalibrate else {}
+        stats = self.bn_statistics(batched, fixed) if self.recalibrate else {}
         fixed = {n: t for n, t in fixed.items() if n not in stats}
 
         def point(params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor):
@@ -270,7 +328,7 @@ class Evaluator:
         n = max(len(data), 1)
         return loss / n, wrong / n
 
-    def bn_statistics(self, batched: Params, fixed: Params, bn_data: ProbeData | None = None) -> Params:
+    def bn_statistics(self, batched: Params, fixed: Params) -> Params:
         """Recomputed running_mean / running_var [k, C] of every BN layer for every point (one pass)."""
         records: list[tuple[torch.Tensor, torch.Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, inp, out: records.append(_channel_stats(inp[0])))
@@ -287,7 +345,7 @@ class Evaluator:
         count = 0
         try:
             with torch.no_grad(), probe_mode(self.model, bn_batch_stats=True):
-                for x, _ in (bn_data or self.bn_data).batches(self.batch_size):
+                for x, _ in self.bn_data.batches(self.batch_size):
                     k = len(next(iter(batched.values())))
                     flat = list(_over_points(point_stats, k)(batched, {}, x, None))
                     sums = flat if sums is None else [s + t for s, t in zip(sums, flat)]
@@ -301,28 +359,3 @@ class Evaluator:
             stats[prefix + "running_mean"] = sums[2 * i] / count
             stats[prefix + "running_var"] = sums[2 * i + 1] / count
         return stats
-
-
-def auto_chunk(evaluator: Evaluator, base: Params, directions: list[Params], coefficients: torch.Tensor) -> int:
-    """The fastest points-per-chunk on this device: one point at a time against vmap chunks of
-    TUNE_CHUNKS points, each timed on a TUNE_IMAGES-image slice of the data (and of the recalibration
-    data) after one warm-up call; the choice is cached for the same model shapes, data, dtype, device
-    and thread count. A small slice favours vmap's fixed costs less than full batches would."""
-    names = tuple((n, tuple(t.shape)) for n, t in base.items() if any(n in d for d in directions))
-    key = (type(evaluator.model).__qualname__, names, len(directions), tuple(evaluator.data.x.shape[1:]),
-           str(evaluator.data.x.dtype), str(evaluator.data.x.device), torch.get_num_threads(),
-           evaluator.recalibrate, evaluator.batch_size)
-    if key not in _tuned:
-        data = evaluator.data.head(TUNE_IMAGES)
-        bn_data = evaluator.bn_data.head(TUNE_IMAGES) if evaluator.bn_data is not None else None
-        rows = coefficients[torch.arange(max(TUNE_CHUNKS)) % len(coefficients)]
-        per_point = {}
-        for chunk in (1,) + TUNE_CHUNKS:
-            part = rows[:chunk]
-            evaluator._run(chunk, base, directions, part, data, bn_data)  # warm-up
-            started = time.perf_counter()
-            evaluator._run(chunk, base, directions, part, data, bn_data)
-            _sync(data.x.device)
-            per_point[chunk] = (time.perf_counter() - started) / chunk
-        _tuned[key] = min(per_point, key=per_point.get)
-    return _tuned[key]
