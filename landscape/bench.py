@@ -273,6 +273,8 @@ def run_peers(args, argv: list[str]) -> dict:
     peer_modules()
     report = {**run_info(argv), "repeats": args.repeats, "batch_size": args.batch_size, "cases": []}
     for name, dataset, label in CASES:
+        if name not in args.cases.split(","):
+            continue
         images = args.images if dataset == "digits" else args.vgg_images
         print(f"[bench] {name} on {dataset} ({images} test images)", file=sys.stderr, flush=True)
         case = make_case(name, dataset, images, args.bn_images, args.data_root)
@@ -372,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--peers", action="store_true", help="time against loss-landscapes and PyHessian")
+    p.add_argument("--cases", default=",".join(c[0] for c in CASES), help="--peers: which models")
     p.add_argument("--render", metavar="JSON", help="only regenerate docs/landscape.md's section from this JSON")
     p.add_argument("--model", default="vgg8", help="(default mode) the model")
     p.add_argument("--dataset", default="cifar10", help="(default mode) digits, cifar10, cinic10")

@@ -85,13 +85,15 @@ class HessianOperator:
         if self.reuse_graph:  # H v = d(g . v)/dtheta through the kept graph of g
             leaves, graphs = self._first_order_graphs()
             tangent = [t.view(s) for t, s in zip(v.split(self.sizes), self.shapes)]
+            parts = out.split(self.sizes)
             for index, grads in graphs:
                 if not index:
                     continue
                 hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangent[i] for i in index],
                                          retain_graph=True, allow_unused=True)
-                out += torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
-                                  for h, t in zip(hv, leaves)]).detach()
+                for part, h in zip(parts, hv):
+                    if h is not None:
+                        part.add_(h.detach().reshape(-1))
         else:  # forward-over-reverse, recomputed batch by batch
             tangent = self.unflatten(v)
             with probe_mode(self.model, bn_batch_stats=False):

@@ -177,7 +177,8 @@ class Replay:
             weight, bias = d.get(prefix + "weight"), d.get(prefix + "bias")
             if weight is None and bias is None:
                 continue
-            weight = torch.zeros_like(p.weight) if weight is None else weight.to(p.weight.device, p.weight.dtype)
+            # in P's own memory layout (channels-last on a CPU), so the terms come out in it too
+            weight = torch.zeros_like(p.weight) if weight is None else torch.empty_like(p.weight).copy_(weight)
             bias = None if bias is None else bias.to(p.weight.device, p.weight.dtype)
             self.affine_terms.append((j, {key: apply(x, weight, bias) for key, x in self.affine_inputs.items()}))
         self.affine_inputs.clear()
