@@ -284,6 +284,8 @@ def run_peers(args, argv: list[str]) -> dict:
                  "parameters": sum(p.numel() for p in case["model"].parameters())}
         entry.update(bench_line_plane(case, repeats, args.batch_size, args.points, args.grid))
         entry.update(bench_hvp(case, repeats, args.products, accuracy=dataset == "digits"))
+        if case["bn"] is not None:  # BN recalibration against the plain way
+            entry["plain_loop"] = bench_plain(case, repeats, args.batch_size, args.points, chunk=None)
         report["cases"].append(entry)
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     return report
@@ -301,9 +303,14 @@ def render(report: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:
         data = f"{c['dataset']}: {c['test_images']} test" + (f" + {c['bn_images']} BN" if c["bn_images"] else "")
-        for probe in ("line", "plane", "hvp"):
+        for probe in ("line", "plane", "hvp", "plain_loop"):
+            if probe not in c:
+                continue
             r = c[probe]
-            if probe == "hvp":
+            if probe == "plain_loop":
+                what = f"line, {r['points']} points (chunk {r['chunk']}), BN recalibrated the plain way"
+                peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
+            elif probe == "hvp":
                 what = f"HVP (per product, {r['products']} products)"
                 peer_s, ours_s = r["peer_median_per_product_s"], r["fedsign_median_per_product_s"]
             else:
@@ -344,29 +351,33 @@ def write_json(report: dict, path: Path) -> None:
 
 # ---- the default: against a plain loop ----------------------------------------------------------------
 
-def run_plain(args) -> dict:
-    case = make_case(args.model, args.dataset, args.images, args.bn_images, args.data_root)
+def bench_plain(case: dict, repeats: int, batch_size: int, points: int, chunk: int | None) -> dict:
+    """A valley curve (sign-consistent Gaussian, NS) through the evaluator against plain_loop."""
     model, test, bn = case["model"], case["test"], case["bn"]
-    lambdas = np.linspace(-1.0, 1.0, args.points)
+    lambdas = np.linspace(-1.0, 1.0, points)
     theta = {n: p.detach() for n, p in model.named_parameters()}
     direction = scale_direction(noise_direction(theta, list(theta), "gaussian", 0, sign=True), theta, "ns")
     results = {}
 
     def ours():
-        evaluator = Evaluator(model, test, bn, batch_size=args.batch_size, chunk=args.chunk or None)
+        evaluator = Evaluator(model, test, bn, batch_size=batch_size, chunk=chunk)
         results["fedsign"] = evaluator.curve(theta, direction, lambdas)[0].numpy()
         results["chunk"] = evaluator.chunk_used
 
     def loop():
-        results["loop"] = plain_loop(model, theta, direction, lambdas, test, bn, args.batch_size)
+        results["loop"] = plain_loop(model, theta, direction, lambdas, test, bn, batch_size)
 
-    timing = side_by_side(ours, loop, args.repeats)
-    return {"model": args.model, "dataset": args.dataset, "test_images": len(test),
-            "bn_images": len(bn) if bn is not None else 0, "points": args.points, "chunk": results["chunk"],
-            "batch_size": args.batch_size, "bn_recalibration": bn is not None,
-            "landscape_seconds": timing["fedsign_median_s"], "plain_loop_seconds": timing["peer_median_s"],
-            "speedup": timing["ratio"],
-            "max_abs_loss_difference": float(np.max(np.abs(results["fedsign"] - results["loop"]))),
+    return {"points": points, "peer": "plain loop", **side_by_side(ours, loop, repeats), "chunk": results["chunk"],
+            "max_abs_loss_difference": float(np.max(np.abs(results["fedsign"] - results["loop"])))}
+
+
+def run_plain(args) -> dict:
+    case = make_case(args.model, args.dataset, args.images, args.bn_images, args.data_root)
+    timing = bench_plain(case, args.repeats, args.batch_size, args.points, args.chunk or None)
+    return {"model": args.model, "dataset": args.dataset, "test_images": len(case["test"]),
+            "bn_images": len(case["bn"]) if case["bn"] is not None else 0, "batch_size": args.batch_size,
+            "bn_recalibration": case["bn"] is not None, "landscape_seconds": timing["fedsign_median_s"],
+            "plain_loop_seconds": timing["peer_median_s"], "speedup": timing["ratio"], **timing,
             **run_info(args.argv)}
 
 

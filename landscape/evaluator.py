@@ -97,6 +97,14 @@ def _over_points(fn, k: int):
     return single
 
 
+class _StopForward(Exception):
+    """Ends a recalibration pass after its last BN layer."""
+
+
+def _stop(module: nn.Module, args, output) -> None:
+    raise _StopForward
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,6 +135,7 @@ class Evaluator:
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self.replay_bytes = replay_bytes
         self._copy: nn.Module | None = None
+        self._last_bn: tuple | None = None  # (replay it holds for, the copy's BN layer that runs last, or None)
         self._replay: Replay | None | bool = False  # during evaluate(): the Replay, None (none) or True (to record)
 
     def parameters(self) -> Params:
@@ -144,6 +153,8 @@ class Evaluator:
             return self._evaluate(base, directions, coefficients, progress)
         finally:
             self._replay = False
+            if self._last_bn is not None and self._last_bn[0] is not None:
+                self._last_bn = None  # it holds the replay (and its recordings): let them go
 
     def _evaluate(self, base: Params, directions: list[Params], coefficients: torch.Tensor, progress):
         losses, errors = [], []
@@ -228,15 +239,36 @@ class Evaluator:
                 params[n].copy_(t)
         return self._copy, params
 
-    def _recalibrate(self, model: nn.Module, cursor: Cursor) -> None:
-        """PyTorch's own recalibration: reset, one train-mode pass (BN layers only), cumulative average."""
+    def _recalibrate(self, model: nn.Module, cursor: Cursor, replay: Replay | None = None) -> None:
+        """PyTorch's own recalibration: reset, one train-mode pass (BN layers only), cumulative average.
+        Once a pass has shown every BN layer running once, later passes (with the same replay) stop right
+        after the last of them: what follows cannot change any statistic."""
         bn = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
         for m in bn:
             m.reset_running_stats()
             m.train()
-        for i, (x, _) in enumerate(self.bn_data.batches(self.batch_size)):
-            cursor.key = ("bn", i)
-            model(x)
+        known = self._last_bn is not None and self._last_bn[0] is replay
+        order: list[nn.Module] = []
+        if known:
+            hooks = [self._last_bn[1].register_forward_hook(_stop)] if self._last_bn[1] is not None else []
+        else:
+            hooks = [m.register_forward_hook(lambda mod, args, out: order.append(mod)) for m in bn]
+        try:
+            for i, (x, _) in enumerate(self.bn_data.batches(self.batch_size)):
+                cursor.key = ("bn", i)
+                try:
+                    model(x)
+                except _StopForward:
+                    pass
+                if not known:  # the first full pass: which BN layer runs last, each once?
+                    for h in hooks:
+                        h.remove()
+                    last = order[-1] if order and len(order) == len(set(order)) else None
+                    self._last_bn, known = (replay, last), True
+                    hooks = [last.register_forward_hook(_stop)] if last is not None else []
+        finally:
+            for h in hooks:
+                h.remove()
         for m in bn:
             m.eval()
 
@@ -279,7 +311,7 @@ class Evaluator:
                     for j, d in rest:
                         params[n].add_(d, alpha=row[j])
                 if recalibrate:
-                    self._recalibrate(model, cursor)
+                    self._recalibrate(model, cursor, replay)
                 for i, (x, y) in enumerate(data.batches(self.batch_size)):
                     cursor.key = ("eval", i)
                     logits = model(x)
