@@ -158,7 +158,9 @@ def timed(fn) -> float:
 
 
 def side_by_side(ours, theirs, repeats: int) -> dict:
-    """Interleaved repeats (who goes first alternates), medians, ratio = peer / fedsign (> 1: fedsign faster)."""
+    """Interleaved repeats (who goes first alternates); medians of each side, and ratio = the median over
+    repeats of peer / fedsign within a repeat (> 1: fedsign faster): the two runs of a repeat follow each
+    other, so a shared machine's changing load moves both."""
     mine, peer = [], []
     for r in range(repeats):
         pair = [(ours, mine), (theirs, peer)]
@@ -166,7 +168,7 @@ def side_by_side(ours, theirs, repeats: int) -> dict:
             times.append(timed(fn))
     out = {"fedsign_s": [round(t, 4) for t in mine], "peer_s": [round(t, 4) for t in peer],
            "fedsign_median_s": float(np.median(mine)), "peer_median_s": float(np.median(peer))}
-    out["ratio"] = out["peer_median_s"] / out["fedsign_median_s"]
+    out["ratio"] = float(np.median(np.asarray(peer) / np.asarray(mine)))
     return out
 
 
@@ -297,8 +299,9 @@ def render(report: dict) -> str:
              f"Measured {report['date']} at commit `{report['commit']}` with `{report['command']}`: "
              f"{report['cpu']}, {report['cores']} cores shared with other jobs (load average "
              f"{report['load_average'][0]} before, {report['load_average_after'][0]} after), "
-             f"{report['threads']} torch thread, torch {report['torch']}. Times are medians of interleaved "
-             "repeats; ratio = peer / fedsign (>= 1: fedsign at least as fast).", "",
+             f"{report['threads']} torch thread, torch {report['torch']}. Times are medians over repeats (peer "
+             "and fedsign run back to back in each, who goes first alternating); ratio = the median over "
+             "repeats of peer / fedsign within a repeat (>= 1: fedsign at least as fast).", "",
              "| model (parameters) | data | probe | peer | peer (s) | fedsign (s) | ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:

@@ -223,8 +223,8 @@ class Evaluator:
         if self._copy is None:
             self._copy = copy.deepcopy(self.model).eval()
             if self.data.x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in self._copy.modules()):
-                # oneDNN's convolutions on a CPU run NHWC without reordering every call: 1.3x (VGG8) to
-                # 2.5x (smallcnn) faster forward passes here (docs/landscape.md); same numbers
+                # oneDNN's convolutions and max-pooling run NHWC without reordering every call: markedly
+                # faster forward passes on a CPU (the peer benchmark in docs/landscape.md); same numbers
                 self._copy = self._copy.to(memory_format=torch.channels_last)
             for p in self._copy.parameters():
                 p.requires_grad_(False)

@@ -81,27 +81,27 @@ class HessianOperator:
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (v flat, the group's dtype and device), summed over the data batches."""
-        out = torch.zeros(self.size, dtype=v.dtype, device=v.device)
+        out = None
         if self.reuse_graph:  # H v = d(g . v)/dtheta through the kept graph of g
             leaves, graphs = self._first_order_graphs()
             tangent = [t.view(s) for t, s in zip(v.split(self.sizes), self.shapes)]
-            parts = out.split(self.sizes)
             for index, grads in graphs:
                 if not index:
                     continue
                 hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangent[i] for i in index],
                                          retain_graph=True, allow_unused=True)
-                for part, h in zip(parts, hv):
-                    if h is not None:
-                        part.add_(h.detach().reshape(-1))
+                flat = torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
+                                  for h, t in zip(hv, leaves)]).detach()
+                out = flat if out is None else out.add_(flat)
         else:  # forward-over-reverse, recomputed batch by batch
             tangent = self.unflatten(v)
             with probe_mode(self.model, bn_batch_stats=False):
                 for x, y in self.data.batches(self.batch_size):
                     g = lambda p: grad(self._batch_loss)(p, x, y)  # noqa: E731
-                    out += self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach()
+                    flat = self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach()
+                    out = flat if out is None else out.add_(flat)
         self.hvp_count += 1
-        return out
+        return torch.zeros(self.size, dtype=v.dtype, device=v.device) if out is None else out
 
     def linear_operator(self) -> LinearOperator:
         ref = next(iter(self.group.values()))

@@ -117,7 +117,8 @@ def checkpoint(tmp_path_factory):
     return str(save_checkpoint(path, exchanged_state(build_model("logreg", dataset_spec("digits"))), meta))
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_every_invalid_option_value_is_one_line_and_exit_code_2(checkpoint, tmp_path, data):
     probe, option, spec = data.draw(st.sampled_from(OPTIONS), label="option")
