@@ -36,7 +36,7 @@ from fedsign.errors import FedsignError
 from fedsign.models import build_model, has_batch_norm
 from landscape.context import data_subset
 from landscape.directions import noise_direction, scale_direction
-from landscape.evaluator import Evaluator, ProbeData
+from landscape.evaluator import Evaluator, ProbeData, _tuned
 from landscape.hessian import HessianOperator, eigenpairs
 from landscape.surface import surface
 from landscape.train import train_classifier
@@ -182,12 +182,14 @@ def bench_line_plane(case: dict, repeats: int, batch_size: int, points: int, gri
         return scale_direction(noise_direction(theta, list(theta), "uniform_pos", seed), theta, "filter")
 
     def line():
+        _tuned.clear()  # every repeat pays for choosing its chunk, as a fresh process would
         evaluator = Evaluator(model, test, bn, batch_size=batch_size)
         theta = evaluator.parameters()
         evaluator.curve(theta, direction(theta, 0), np.linspace(-1.0, 1.0, points))
         chunks["line"] = evaluator.chunk_used
 
     def plane():
+        _tuned.clear()
         evaluator = Evaluator(model, test, bn, batch_size=batch_size)
         theta = evaluator.parameters()
         axis = np.linspace(-1.0, 1.0, grid)
@@ -363,6 +365,7 @@ def bench_plain(case: dict, repeats: int, batch_size: int, points: int, chunk: i
     results = {}
 
     def ours():
+        _tuned.clear()
         evaluator = Evaluator(model, test, bn, batch_size=batch_size, chunk=chunk)
         results["fedsign"] = evaluator.curve(theta, direction, lambdas)[0].numpy()
         results["chunk"] = evaluator.chunk_used

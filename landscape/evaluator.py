@@ -177,8 +177,8 @@ class Evaluator:
                       losses: list, errors: list) -> tuple[int, int]:
         """On a CPU, the fastest points per chunk, timed on the run's own first points: one point at a
         time, then vmap chunks of TUNE_CHUNKS points while each is faster per point than the best so far
-        and enough points are left for a slow trial to cost little (TUNE_POINTS_PER_CHUNK). The choice
-        is kept for the same model shapes, data, dtype, device and thread count in this process.
+        and enough points are left for a slow trial to cost little (TUNE_POINTS_PER_CHUNK). The best of
+        those tried is kept for the same model shapes, data, dtype, device and thread count in this process.
         Returns (chunk, points already evaluated), their results appended to losses/errors."""
         moved = tuple((n, tuple(t.shape)) for n, t in base.items() if any(n in d for d in directions))
         key = (type(self.model).__qualname__, moved, len(directions), tuple(self.data.x.shape),
@@ -192,7 +192,7 @@ class Evaluator:
         self._run(1, base, directions, coefficients[:0])  # set-up (model copy, replay) outside the timing
         for chunk in (1,) + TUNE_CHUNKS:
             if chunk > 1 and len(coefficients) - done < TUNE_POINTS_PER_CHUNK * chunk:
-                return best, done  # too few points left to try: not kept
+                break  # too few points left to try larger chunks: the best of those tried is kept
             started = time.perf_counter()
             loss, error = self._run(chunk, base, directions, coefficients[done:done + chunk])
             _sync(self.data.x.device)
