@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from fedsign.checkpoint import model_from_checkpoint
-from fedsign.data import DatasetConfig
-from fedsign.data import DatasetSpec, load_dataset, normalize
+from fedsign.data import DatasetConfig, DatasetSpec, load_dataset, normalize
 from fedsign.data.specs import dataset_spec
 from fedsign.errors import ConfigError
 from fedsign.models import has_batch_norm
@@ -56,10 +55,4 @@ class CheckpointContext:
 
     def evaluator(self, recalibrate: bool = True, batch_size: int = 500, chunk: int | None = None) -> Evaluator:
         return Evaluator(self.model, self.test, self.train, recalibrate=recalibrate and has_batch_norm(self.model),
-                         batch_size=batch_size, chunk=chunk or default_chunk(self.device))
-
-
-def default_chunk(device: torch.device | str) -> int:
-    """Points per vmap chunk: 16 on a GPU; 1 on a CPU, where vmapped (grouped) convolutions were slower
-    than one point at a time (docs/landscape.md)."""
-    return 16 if torch.device(device).type == "cuda" else 1
+                         batch_size=batch_size, chunk=chunk)

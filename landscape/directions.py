@@ -39,6 +39,15 @@ COMMON_NOISES: dict[str, Sampler] = {
 # The 6 special directions of Sect. 4.1 (mu: the mean of each parameter tensor); 'init' needs theta_0.
 SPECIAL_DIRECTIONS = ("init", "theta", "sign", "sign_centered", "sgp", "sgp_centered")
 SCALINGS = ("ns", "filter", "none")
+# Filter-NS of 1-D tensors (biases, BN weights/biases), which hold no filters:
+# - element: each element eps_i scaled to |theta_i| (the adaptive-sharpness operator T_theta of Kwon et al.
+#   2021, which the asymmetric-valley paper's Sect. 2 builds Filter-NS on: |w^j| for every parameter outside
+#   a filter; also loss-landscapes 3.0.6, ModelParameters.filter_normalize_);
+# - vector: the whole tensor as one filter, scaled to ||theta||;
+# - zero: not perturbed (Li et al.'s code, net_plotter.normalize_directions_for_weights with
+#   ignore='biasbn', as in the commands of their README).
+FILTER_1D = ("element", "vector", "zero")
+DEFAULT_FILTER_1D = "element"
 
 
 def generator_for(seed: int, name: str, stream: str = "noise") -> torch.Generator:
@@ -116,11 +125,20 @@ def _filter_norms(t: torch.Tensor) -> torch.Tensor:
     return t.double().flatten(1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
 
 
-def scale_direction(direction: Params, theta: Params, scaling: str) -> Params:
+def _rescaled(d: torch.Tensor, target: torch.Tensor, d_norms: torch.Tensor) -> torch.Tensor:
+    """d * target / d_norms where d_norms > 0, zero elsewhere (float64, back in d's dtype)."""
+    ratio = torch.where(d_norms > 0, target / d_norms.clamp_min(1e-300), torch.zeros_like(d_norms))
+    return (d.double() * ratio).to(d.dtype)
+
+
+def scale_direction(direction: Params, theta: Params, scaling: str, filter_1d: str = DEFAULT_FILTER_1D) -> Params:
     """NS: eps / ||eps|| * ||theta|| over the whole group (Sect. 3.2); Filter-NS: each filter of eps to the
-    norm of the same filter of theta (Li et al., Sect. 3.1); none: unchanged. Zero stays zero."""
+    norm of the same filter of theta (Li et al. 2018, Sect. 4), with 1-D tensors (biases, BN) by
+    `filter_1d` (FILTER_1D); none: unchanged. Zero stays zero."""
     if scaling not in SCALINGS:
         raise ConfigError(f"scaling {scaling!r} is not known; accepted: {', '.join(SCALINGS)}")
+    if filter_1d not in FILTER_1D:
+        raise ConfigError(f"filter_1d {filter_1d!r} is not known; accepted: {', '.join(FILTER_1D)}")
     if scaling == "none":
         return dict(direction)
     if scaling == "ns":
@@ -131,9 +149,15 @@ def scale_direction(direction: Params, theta: Params, scaling: str) -> Params:
         return {n: (d.double() * factor).to(d.dtype) for n, d in direction.items()}
     out = {}
     for n, d in direction.items():
-        d_norms = _filter_norms(d)
-        ratio = torch.where(d_norms > 0, _filter_norms(theta[n]) / d_norms.clamp_min(1e-300), torch.zeros_like(d_norms))
-        out[n] = (d.double() * ratio).to(d.dtype)
+        if d.dim() > 1 or filter_1d == "vector":
+            out[n] = _rescaled(d, _filter_norms(theta[n]), _filter_norms(d))
+        elif filter_1d == "element":  # |eps_i| -> |theta_i|, the sign of eps kept
+            out[n] = _rescaled(d, theta[n].double().abs(), d.double().abs())
+        else:
+            out[n] = torch.zeros_like(d)
+    if norm(out) == 0.0:
+        raise ConfigError(f"the direction is zero everywhere after Filter-NS (filter_1d={filter_1d}) on this "
+                          "parameter group; choose another group, scaling or filter_1d")
     return out
 
 

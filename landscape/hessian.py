@@ -1,9 +1,11 @@
 """Hessian probes on a parameter group (companion paper Sect. 2.4, 3, App. B): Hessian-vector products
-with torch.func (forward-over-reverse), top and bottom eigenpairs with scipy's eigsh on a LinearOperator,
+(double backward through a kept first-order graph, or torch.func forward-over-reverse), top and bottom
+eigenpairs with scipy's eigsh on a LinearOperator,
 Hutchinson's trace with its standard error, and the eigenvalue density by stochastic Lanczos quadrature.
 
-The loss is the mean cross-entropy over a fixed data subset, the model in eval mode (BN uses its
-running statistics, no dropout); parameters outside the group stay fixed.
+The loss is the mean cross-entropy over a fixed data subset, the model in eval mode (BN uses running
+statistics: the model's, or those given, e.g. recomputed at theta as the other probes do; no dropout);
+parameters outside the group stay fixed.
 """
 
 from __future__ import annotations
@@ -25,20 +27,29 @@ from landscape.result import ProbeResult
 
 class HessianOperator:
     """v -> H v for the Hessian of the mean loss w.r.t. the flattened parameters `names`;
-    `criterion(outputs, y)` is the summed loss of a batch (default: cross-entropy)."""
+    `criterion(outputs, y)` is the summed loss of a batch (default: cross-entropy). `buffers` replaces the
+    model's buffers (e.g. BN statistics recomputed at theta: Evaluator.buffers_at).
+
+    With reuse_graph (the default), each batch's first-order graph (the gradient with create_graph) is
+    built once and every product is one double-backward pass through it, as PyHessian does for a single
+    batch: the memory of one training step per batch is kept. Without it, every product recomputes
+    forward-over-reverse (torch.func.jvp of grad) batch by batch and keeps nothing."""
 
     def __init__(self, model: nn.Module, params: Params, names: list[str], data: ProbeData,
-                 batch_size: int = 500, criterion=None) -> None:
+                 batch_size: int = 500, criterion=None, *, buffers: Params | None = None,
+                 reuse_graph: bool = True) -> None:
         self.model, self.data, self.batch_size = model, data, batch_size
         self.criterion = criterion or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
         self.names = names
         self.group = {n: params[n].detach() for n in names}
-        self.fixed = {**{n: b.detach() for n, b in model.named_buffers()},
-                      **{n: p.detach() for n, p in params.items() if n not in self.group}}
+        own = {n: b.detach() for n, b in model.named_buffers()}
+        self.fixed = {**own, **(buffers or {}), **{n: p.detach() for n, p in params.items() if n not in self.group}}
         self.shapes = [self.group[n].shape for n in names]
         self.sizes = [self.group[n].numel() for n in names]
         self.size = sum(self.sizes)
+        self.reuse_graph = reuse_graph
         self.hvp_count = 0
+        self._graphs = None
 
     def flatten(self, params: Params) -> torch.Tensor:
         return torch.cat([params[n].reshape(-1) for n in self.names])
@@ -53,16 +64,44 @@ class HessianOperator:
         with torch.no_grad(), probe_mode(self.model, bn_batch_stats=False):
             return float(sum(self._batch_loss(self.group, x, y) for x, y in self.data.batches(self.batch_size)))
 
+    def _first_order_graphs(self) -> tuple[list[torch.Tensor], list[tuple[list[int], tuple[torch.Tensor, ...]]]]:
+        """Leaves for the group, and per batch the gradient of its loss share with its graph kept (built
+        once); gradients that do not depend on the group (a zero Hessian block) are left out."""
+        if self._graphs is None:
+            leaves = [self.group[n].clone().requires_grad_() for n in self.names]
+            graphs = []
+            with torch.enable_grad(), probe_mode(self.model, bn_batch_stats=False):
+                for x, y in self.data.batches(self.batch_size):
+                    grads = torch.autograd.grad(self._batch_loss(dict(zip(self.names, leaves)), x, y), leaves,
+                                                create_graph=True)
+                    index = [i for i, g in enumerate(grads) if g.requires_grad]
+                    graphs.append((index, tuple(grads[i] for i in index)))
+            self._graphs = (leaves, graphs)
+        return self._graphs
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (v flat, the group's dtype and device), summed over the data batches."""
-        tangent = self.unflatten(v)
-        out = torch.zeros(self.size, dtype=v.dtype, device=v.device)
-        with probe_mode(self.model, bn_batch_stats=False):
-            for x, y in self.data.batches(self.batch_size):
-                g = lambda p: grad(self._batch_loss)(p, x, y)  # noqa: E731
-                out += self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach()
+        out = None
+        if self.reuse_graph:  # H v = d(g . v)/dtheta through the kept graph of g
+            leaves, graphs = self._first_order_graphs()
+            tangent = [t.view(s) for t, s in zip(v.split(self.sizes), self.shapes)]
+            for index, grads in graphs:
+                if not index:
+                    continue
+                hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangent[i] for i in index],
+                                         retain_graph=True, allow_unused=True)
+                flat = torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
+                                  for h, t in zip(hv, leaves)]).detach()
+                out = flat if out is None else out.add_(flat)
+        else:  # forward-over-reverse, recomputed batch by batch
+            tangent = self.unflatten(v)
+            with probe_mode(self.model, bn_batch_stats=False):
+                for x, y in self.data.batches(self.batch_size):
+                    g = lambda p: grad(self._batch_loss)(p, x, y)  # noqa: E731
+                    flat = self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach()
+                    out = flat if out is None else out.add_(flat)
         self.hvp_count += 1
-        return out
+        return torch.zeros(self.size, dtype=v.dtype, device=v.device) if out is None else out
 
     def linear_operator(self) -> LinearOperator:
         ref = next(iter(self.group.values()))
@@ -91,18 +130,47 @@ def eigenpairs(op: HessianOperator, k: int, which: str, seed: int, tol: float = 
     return values[order], vectors[:, order]
 
 
-def hutchinson_trace(op: HessianOperator, samples: int, seed: int) -> tuple[float, float]:
-    """tr(H) ~ mean of v^T H v over `samples` Rademacher vectors, and the standard error of that mean."""
+TRACE_PROBES = ("gaussian", "rademacher")
+
+
+class TraceEstimate(tuple):
+    """(trace, standard error), with .samples the number of probe vectors used."""
+
+    samples: int
+
+    def __new__(cls, trace: float, stderr: float, samples: int) -> TraceEstimate:
+        estimate = super().__new__(cls, (trace, stderr))
+        estimate.samples = samples
+        return estimate
+
+
+def hutchinson_trace(op: HessianOperator, samples: int, seed: int, *, probe: str = "gaussian",
+                     rtol: float | None = None, min_samples: int = 10) -> TraceEstimate:
+    """tr(H) ~ mean of v^T H v over probe vectors v (Hutchinson 1990), and the standard error of that mean.
+
+    probe: 'gaussian' v ~ N(0, I), as the companion paper's App. B, or 'rademacher' v in {-1, 1}^n (a smaller
+    variance: 2 (||H||_F^2 - sum_i H_ii^2) against 2 ||H||_F^2). With rtol, sampling stops once the standard
+    error is at most rtol * |trace| (after min_samples vectors); `samples` is then the most it draws."""
     if samples < 2:
         raise ConfigError("Hutchinson's trace needs at least 2 samples for a standard error")
+    if probe not in TRACE_PROBES:
+        raise ConfigError(f"trace probe {probe!r} is not known; accepted: {', '.join(TRACE_PROBES)}")
     gen = torch.Generator().manual_seed(seed)
     ref = next(iter(op.group.values()))
-    estimates = []
-    for _ in range(samples):
-        v = (torch.randint(0, 2, (op.size,), generator=gen) * 2 - 1).to(ref.device, ref.dtype)
-        estimates.append(float(torch.dot(v.double(), op.hvp(v).double())))
+    estimates: list[float] = []
+    while len(estimates) < samples:
+        if probe == "gaussian":
+            v = torch.randn(op.size, generator=gen, dtype=torch.float64)
+        else:
+            v = (torch.randint(0, 2, (op.size,), generator=gen) * 2 - 1).double()
+        estimates.append(float(torch.dot(v, op.hvp(v.to(ref.device, ref.dtype)).double().cpu())))
+        n = len(estimates)
+        if rtol is not None and n >= min(min_samples, samples):
+            mean, stderr = float(np.mean(estimates)), float(np.std(estimates, ddof=1) / math.sqrt(n))
+            if stderr <= rtol * abs(mean):
+                break
     est = np.asarray(estimates)
-    return float(est.mean()), float(est.std(ddof=1) / math.sqrt(samples))
+    return TraceEstimate(float(est.mean()), float(est.std(ddof=1) / math.sqrt(len(est))), len(est))
 
 
 def lanczos(op: HessianOperator, steps: int, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -149,26 +217,52 @@ def slq_density(op: HessianOperator, runs: int, steps: int, seed: int, bins: int
     return {"grid": grid, "density": density, "nodes": nodes, "weights": weights}
 
 
+def check_options(size: int, *, k: int, trace_samples: int, trace_rtol: float | None, trace_probe: str,
+                  slq_runs: int, slq_steps: int, maxiter: int | None) -> None:
+    """Refuse bad options before any product is computed (`size`: the group's parameter count)."""
+    if not 1 <= k < size:
+        raise ConfigError(f"--k {k}: eigsh needs 1 <= k < {size} (the group's parameter count)")
+    if trace_samples < 2:
+        raise ConfigError(f"--trace-samples {trace_samples}: Hutchinson's trace needs at least 2 for a standard error")
+    if trace_rtol is not None and not (math.isfinite(trace_rtol) and trace_rtol >= 0):
+        raise ConfigError(f"--trace-rtol {trace_rtol}: expected a number >= 0")
+    if trace_probe not in TRACE_PROBES:
+        raise ConfigError(f"trace probe {trace_probe!r} is not known; accepted: {', '.join(TRACE_PROBES)}")
+    if slq_runs < 0 or slq_steps < 1 or (maxiter is not None and maxiter < 1):
+        raise ConfigError(f"--slq-runs ({slq_runs}) must be >= 0, --slq-steps ({slq_steps}) and --maxiter "
+                          f"({maxiter}) >= 1")
+
+
 def hessian(model: nn.Module, params: Params, names: list[str], data: ProbeData, *, k: int = 5,
-            bottom: bool = True, trace_samples: int = 20, slq_runs: int = 2, slq_steps: int = 30,
+            bottom: bool = True, trace_samples: int = 100, slq_runs: int = 2, slq_steps: int = 30,
             maxiter: int | None = 20, seed: int = 0, batch_size: int = 500, metadata: dict | None = None,
-            log=None) -> ProbeResult:
-    """Top (and bottom) k eigenvalues, Hutchinson trace +- stderr, SLQ density; eigenvectors in `extra`."""
-    op = HessianOperator(model, params, names, data, batch_size)
+            log=None, buffers: Params | None = None, trace_rtol: float | None = 0.02,
+            trace_probe: str = "gaussian", reuse_graph: bool = True) -> ProbeResult:
+    """Top (and bottom) k eigenpairs, Hutchinson trace +- stderr (sampled until the stderr is at most
+    trace_rtol * |trace|, at most trace_samples vectors), SLQ density; eigenvectors in `extra`.
+    Eigenpairs that ARPACK did not converge are missing from the arrays and reported through `log`."""
+    op = HessianOperator(model, params, names, data, batch_size, buffers=buffers, reuse_graph=reuse_graph)
+    check_options(op.size, k=k, trace_samples=trace_samples, trace_rtol=trace_rtol, trace_probe=trace_probe,
+                  slq_runs=slq_runs, slq_steps=slq_steps, maxiter=maxiter)
     say = log or (lambda msg: None)
-    say(f"hessian: {op.size} parameters, top-{k} eigenpairs")
-    top, top_vecs = eigenpairs(op, k, "LA", seed, maxiter=maxiter)
-    arrays: dict = {"eigenvalues": top, "top_converged": len(top), "num_parameters": op.size, "loss": op.loss()}
-    extra = {"top_vectors": top_vecs}
-    if bottom:
-        say(f"hessian: bottom-{k} eigenpairs")
-        low, low_vecs = eigenpairs(op, k, "SA", seed + 1, maxiter=maxiter)
-        arrays["bottom_eigenvalues"] = low
-        arrays["bottom_converged"] = len(low)
-        extra["bottom_vectors"] = low_vecs
-    say(f"hessian: Hutchinson trace with {trace_samples} samples")
-    arrays["trace"], arrays["trace_stderr"] = hutchinson_trace(op, trace_samples, seed + 2)
-    arrays["trace_samples"] = trace_samples
+    say(f"hessian: {op.size} parameters, {data.description or f'{len(data)} images'}, top-{k} eigenpairs")
+    arrays: dict = {"num_parameters": op.size, "loss": op.loss(), "requested": k}
+    extra: dict = {}
+    for side, which, offset in (("top", "LA", 0), ("bottom", "SA", 1))[: 1 + bottom]:
+        if side == "bottom":
+            say(f"hessian: bottom-{k} eigenpairs")
+        values, vectors = eigenpairs(op, k, which, seed + offset, maxiter=maxiter)
+        arrays["eigenvalues" if side == "top" else "bottom_eigenvalues"] = values
+        arrays[f"{side}_converged"] = len(values)
+        extra[f"{side}_vectors"] = vectors
+        if len(values) < k:
+            say(f"warning: only {len(values)} of {k} {side} eigenpairs converged within --maxiter {maxiter}; "
+                "the others are left out (raise --maxiter)")
+    say(f"hessian: Hutchinson trace ({trace_probe} probes, until stderr <= {trace_rtol} x trace, "
+        f"at most {trace_samples})")
+    estimate = hutchinson_trace(op, trace_samples, seed + 2, probe=trace_probe, rtol=trace_rtol)
+    arrays["trace"], arrays["trace_stderr"] = estimate
+    arrays["trace_samples"], arrays["trace_probe"], arrays["trace_rtol"] = estimate.samples, trace_probe, trace_rtol
     if slq_runs > 0:
         say(f"hessian: SLQ density, {slq_runs} runs x {slq_steps} Lanczos steps")
         arrays["density"] = slq_density(op, slq_runs, slq_steps, seed + 3)

@@ -1,5 +1,6 @@
 """What every probe returns: named arrays plus metadata (seed, scaling, group, data subset, dtype),
-written as the DESIGN.md landscape JSON (probe, checkpoint, metadata, arrays...)."""
+written as one JSON object: probe, checkpoint, metadata, arrays, and each array again at the top level
+(docs/landscape.md lists the keys)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from fedsign.atomic import atomic_target
 
 
 def to_plain(value: Any) -> Any:
@@ -43,9 +46,12 @@ class ProbeResult:
                          "arrays": self.arrays, **self.arrays})
 
     def write_json(self, path: str | Path) -> Path:
+        """Write atomically: a failed run never leaves half a file (nor replaces an old one)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        with atomic_target(path) as tmp:
+            Path(tmp).write_text(text)
         return path
 
 

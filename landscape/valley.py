@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.directions import Params, noise_direction, scale_direction
+from fedsign.errors import ConfigError
+from landscape.directions import DEFAULT_FILTER_1D, Params, noise_direction, scale_direction
 from landscape.evaluator import Evaluator
 from landscape.result import ProbeResult
 
@@ -42,14 +43,23 @@ def _side_width(lams: np.ndarray, loss: np.ndarray, threshold: float) -> tuple[f
     return float(abs(lams[-1])), True
 
 
+def check_lambdas(lambdas) -> np.ndarray:
+    """The lambdas as float64, refused unless finite and on both sides of 0 (the metrics compare the sides)."""
+    lams = np.asarray(lambdas, dtype=np.float64)
+    if not np.isfinite(lams).all():
+        raise ConfigError("lambdas must be finite numbers")
+    if not (lams > 0).any() or not (lams < 0).any():
+        raise ConfigError(f"the valley needs lambdas on both sides of 0 (got {lams.min():g} .. {lams.max():g})")
+    return lams
+
+
 def asymmetry_metrics(lambdas, loss, error, loss_delta: float = 1.0) -> dict[str, float | bool | None]:
-    """asymmetry = mean error over lambda > 0 minus mean error over lambda < 0 (DESIGN.md); widths where
-    the loss reaches L(0) + loss_delta on each side, and width_ratio = width_plus / width_minus
-    (> 1: flatter on the + side)."""
-    lams, loss, error = (np.asarray(a, dtype=np.float64) for a in (lambdas, loss, error))
+    """asymmetry = mean error over lambda > 0 minus mean error over lambda < 0 (negative: flatter on the
+    + side, as the sign-consistent noises of the paper's Sect. 4.1); widths where the loss reaches
+    L(0) + loss_delta on each side, and width_ratio = width_plus / width_minus (> 1: flatter on the + side)."""
+    lams = check_lambdas(lambdas)
+    loss, error = (np.asarray(a, dtype=np.float64) for a in (loss, error))
     pos, neg = lams > 0, lams < 0
-    if not pos.any() or not neg.any():
-        raise ValueError("asymmetry needs lambdas on both sides of 0")
     center = int(np.argmin(np.abs(lams)))
     threshold = float(loss[center] + loss_delta)
     up = np.concatenate([[center], np.nonzero(pos)[0]])
@@ -68,12 +78,14 @@ def asymmetry_metrics(lambdas, loss, error, loss_delta: float = 1.0) -> dict[str
 
 def valley(evaluator: Evaluator, theta: Params, directions: list[Direction], *, scales=(1.0,),
            lambdas=DEFAULT_LAMBDAS, scaling: str = "ns", loss_delta: float = 1.0,
-           metadata: dict | None = None, progress=None) -> ProbeResult:
+           metadata: dict | None = None, progress=None, filter_1d: str = DEFAULT_FILTER_1D) -> ProbeResult:
     """One curve per (direction, scale s): theta + lambda * s * scaled(eps) for every lambda."""
-    lams = np.asarray(lambdas, dtype=np.float64)
+    lams = check_lambdas(lambdas)
+    if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
+        raise ConfigError(f"scales must be positive numbers (got {list(scales)})")
     curves = []
     for d in directions:
-        unit = scale_direction(d.values, theta, scaling)
+        unit = scale_direction(d.values, theta, scaling, filter_1d)
         coeffs = torch.as_tensor(np.concatenate([s * lams for s in scales]))[:, None]
         loss, error = evaluator.evaluate(theta, [unit], coeffs, progress=progress)
         for i, s in enumerate(scales):
@@ -82,4 +94,5 @@ def valley(evaluator: Evaluator, theta: Params, directions: list[Direction], *, 
             curves.append({"noise": d.noise, "sign_consistent": d.sign_consistent, "scale": float(s),
                            "loss": loss[part], "error": error[part], **metrics})
     return ProbeResult("valley", {"lambdas": lams, "curves": curves},
-                       {**(metadata or {}), "loss_delta": loss_delta, "scales": list(map(float, scales))})
+                       {**(metadata or {}), "loss_delta": loss_delta, "scales": list(map(float, scales)),
+                        "filter_1d": filter_1d})

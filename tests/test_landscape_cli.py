@@ -39,6 +39,10 @@ def checkpoints(tmp_path_factory):
     corrupted = root / "corrupted.safetensors"
     corrupted.write_bytes(paths["A"].read_bytes()[:200])
     paths["corrupted"] = corrupted
+    paths["file"] = root / "a-file"  # a path "under" it cannot be written
+    paths["file"].write_text("x")
+    paths["pngdir"] = root / "folder.png"
+    paths["pngdir"].mkdir()
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -97,6 +101,8 @@ def test_hessian_json(tmp_path, checkpoints):
                "--trace-samples", "4", "--slq-runs", "1", "--slq-steps", "5")
     assert data["eigenvalues"] == sorted(data["eigenvalues"], reverse=True) and len(data["eigenvalues"]) == 2
     assert data["trace_stderr"] >= 0 and data["num_parameters"] == 10
+    assert data["trace_probe"] == "gaussian" and data["requested"] == 2
+    assert data["metadata"]["hessian_data"] == "train" and "train" in data["metadata"]["data"]
 
 
 def test_mine_json_and_mined_direction_in_valley(tmp_path, checkpoints):
@@ -116,26 +122,46 @@ def test_mine_json_and_mined_direction_in_valley(tmp_path, checkpoints):
     (["valley", "A", "--group", "nothing.*"], "selects no parameter"),
     (["valley", "A", "--directions", "bogus"], "not known"),
     (["valley", "A", "--directions", "ratio:abc"], "expected a number"),
+    (["valley", "A", "--directions", "hessian:0"], "K >= 1"),
+    (["valley", "A", "--directions", "init"], "--init"),
     (["valley", "A", "--lambdas=-1,1"], "START,STOP,NUM"),
+    (["valley", "A", "--lambdas=0,1,11"], "both sides of 0"),  # issue 13: was a traceback, exit 1
+    (["valley", "A", "--scales", "0"], "> 0"),
+    (["valley", "A", "--json", "FILE/out.json"], "cannot be written"),
+    (["valley", "A", "--plot", "PNGDIR"], "is a directory"),
+    (["valley", "A", "--plot", "out.gif"], "suffix"),
+    (["hessian", "A", "--trace-samples", "1"], ">= 2"),
+    (["hessian", "A", "--group", "classifier.bias", "--k", "10"], "1 <= k < 10"),
+    (["surface", "A", "--filter-1d", "biasbn"], "invalid choice"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(capsys, checkpoints, argv, message):
-    argv = [checkpoints["corrupted"] if a == "CORRUPTED" else checkpoints["A"] if a == "A" else a for a in argv]
+def test_bad_input_is_one_line_and_exit_code_2(capsys, checkpoints, tmp_path, argv, message):
+    names = {"CORRUPTED": checkpoints["corrupted"], "A": checkpoints["A"], "PNGDIR": checkpoints["pngdir"],
+             "FILE/out.json": checkpoints["file"] + "/out.json"}
+    argv = [names.get(a, a) for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv + SMALL)
     assert exc.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[landscape]")]
-    assert len(err) == 1 and err[0].startswith("fedsign-landscape: error:") and message in err[0]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("fedsign-landscape: error:") and message in err[0], err
+
+
+def test_hessian_and_valley_report_the_same_loss_at_theta(tmp_path, checkpoints):
+    """A BN checkpoint: the Hessian on the test subset uses the statistics the valley recomputes (issue 13)."""
+    valley = run(tmp_path, "valley", checkpoints["A"], "--lambdas=-1,1,3", "--sign", "no", "--scaling", "filter")
+    assert valley["metadata"]["filter_1d"] == "element" and valley["metadata"]["chunk"] == 1
+    hessian = run(tmp_path, "hessian", checkpoints["A"], "--data", "test", "--group", "classifier.bias", "--k", "1",
+                  "--no-bottom", "--slq-runs", "0", "--trace-samples", "3", "--trace-probe", "rademacher")
+    assert hessian["loss"] == pytest.approx(valley["curves"][0]["loss"][1], rel=1e-5)
+    assert hessian["trace_probe"] == "rademacher" and 2 <= hessian["trace_samples"] <= 3
+    assert hessian["metadata"]["hessian_data"] == "test" and "test" in hessian["metadata"]["data"]
 
 
 def test_module_entry_point_end_to_end(tmp_path, checkpoints):
-    """`python -m landscape.cli` (= fedsign-landscape): a run, then a corrupted checkpoint without traceback."""
+    """`python -m landscape.cli` (= fedsign-landscape) runs a probe; its bad-input exits are end to end in
+    tests/test_landscape_options.py."""
     ok = subprocess.run(cli("landscape.cli") + ["valley", checkpoints["A"], "--images", "30", "--train-images", "30",
                                                "--lambdas=-1,1,3", "--sign", "no",
                                                "--json", str(tmp_path / "v.json")],
                         env=cli_env(), capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "v.json").read_text())["probe"] == "valley"
-    bad = subprocess.run(cli("landscape.cli") + ["valley", checkpoints["corrupted"]], env=cli_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "safetensors" in bad.stderr

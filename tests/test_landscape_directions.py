@@ -141,3 +141,31 @@ def test_group_restriction_leaves_other_parameters_untouched(model):
         expected = F.cross_entropy(moved(x), y)
     assert float(loss[0]) == pytest.approx(float(expected), rel=1e-5)
     assert all(torch.equal(p, theta[n]) for n, p in model.named_parameters())  # theta itself never modified
+
+
+@pytest.mark.parametrize("form", ["element", "vector", "zero"])
+def test_filter_ns_of_1d_tensors_by_hand(form):
+    """Filter-NS on hand-picked numbers: a 2x2 weight (two filters) and a 3-element bias."""
+    theta = {"w": torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.float64),
+             "b": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)}
+    eps = {"w": torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64),
+           "b": torch.tensor([-4.0, 0.5, 0.0], dtype=torch.float64)}
+    scaled = scale_direction(eps, theta, "filter", form)
+    # filters (rows) to the norm of theta's rows, 5 and 2, whatever the 1-D form
+    torch.testing.assert_close(scaled["w"], torch.tensor([[5.0, 0.0], [2 ** 0.5, 2 ** 0.5]], dtype=torch.float64))
+    expected = {
+        "element": [-1.0, 2.0, 0.0],  # sign(eps_i) |theta_i|; eps_i = 0 stays 0
+        "vector": [v * (5.25 ** 0.5) / (16.25 ** 0.5) for v in (-4.0, 0.5, 0.0)],  # eps ||theta|| / ||eps||
+        "zero": [0.0, 0.0, 0.0],
+    }[form]
+    torch.testing.assert_close(scaled["b"], torch.tensor(expected, dtype=torch.float64))
+
+
+def test_filter_ns_refuses_a_direction_it_zeroes_and_unknown_forms(model):
+    theta = theta_of(model)
+    names = group_names(model, "BN")  # 1-D tensors only
+    eps = noise_direction(theta, names, "gaussian", seed=0)
+    with pytest.raises(ConfigError, match="zero everywhere"):
+        scale_direction(eps, theta, "filter", "zero")
+    with pytest.raises(ConfigError, match="filter_1d"):
+        scale_direction(eps, theta, "filter", "biasbn")

@@ -11,6 +11,7 @@ from torch import nn
 
 from fedsign.errors import ConfigError
 from landscape.evaluator import Evaluator, ProbeData
+from landscape.replay import Cursor, Replay
 
 
 def bn_dropout_model() -> nn.Module:
@@ -119,3 +120,74 @@ def test_recalibration_can_be_skipped_and_is_required_with_bn(data):
     with torch.no_grad():
         expected = F.cross_entropy(copy.deepcopy(model).eval()(test.x), test.y)  # the stored (stale) stats
     assert float(loss[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+PLANS = {  # group -> (replayed modules, affine first moving layer, BN still recalibrated per point)
+    "ALL": ([], "0", True),
+    "1.*": (["0"], None, True),
+    "5.*": (["0", "1", "2", "3", "4"], "5", True),
+    "8.*": (["0", "1", "2", "3", "4", "5", "6", "7"], "8", False),
+}
+
+
+@pytest.mark.parametrize("group", list(PLANS))
+def test_replayed_prefix_and_affine_first_layer_equal_full_passes_in_float64(data, group):
+    """What is the same at every point is replayed (landscape.replay); the numbers equal full forward
+    passes and the vmap path, in float64, for every place the first moving layer can be."""
+    model = bn_dropout_model().double()
+    test, bn = (ProbeData(d.x.double(), d.y) for d in data)
+    names = [n for n, _ in model.named_parameters() if group == "ALL" or n.startswith(group[:-1])]
+    torch.manual_seed(3)
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    d1, d2 = ({n: 0.3 * torch.randn_like(theta[n]) for n in names} for _ in range(2))
+    plan = Replay.plan(copy.deepcopy(model).eval(), set(names), test.x[:1], 100, 2**30, 2, True, Cursor())
+    assert (plan.constant, plan.affine, plan.needs_recalibration) == PLANS[group]
+    coefficients = torch.tensor([[0.0, 0.0], [0.5, -1.0], [-1.0, 0.25], [1.0, 1.0]], dtype=torch.float64)
+    results = [Evaluator(model, test, bn, batch_size=40, **kw).evaluate(theta, [d1, d2], coefficients)
+               for kw in ({"chunk": 1}, {"chunk": 1, "replay_bytes": 0}, {"chunk": 4})]
+    for loss, error in results[1:]:
+        torch.testing.assert_close(results[0][0], loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(results[0][1], error, rtol=0, atol=0)
+
+
+class Shared(nn.Module):
+    """One Linear applied twice: replaying it would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(6, 6)
+        self.classifier = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.classifier(torch.tanh(self.layer(torch.tanh(self.layer(x)))))
+
+
+def test_a_module_run_twice_is_not_replayed():
+    torch.manual_seed(0)
+    model = Shared().double()
+    x, y = torch.randn(50, 6, dtype=torch.float64), torch.randint(0, 3, (50,))
+    evaluator = Evaluator(model, ProbeData(x, y), recalibrate=False)
+    theta = evaluator.parameters()
+    d = {"layer.weight": torch.randn(6, 6, dtype=torch.float64)}
+    loss, _ = evaluator.curve(theta, d, [0.5, -0.5])
+    for lam, value in zip((0.5, -0.5), loss):
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            moved.layer.weight.add_(lam * d["layer.weight"])
+            assert float(value) == pytest.approx(float(F.cross_entropy(moved(x), y)), rel=1e-12)
+
+
+def test_cpu_chunk_is_chosen_by_timing_on_the_runs_own_points(data):
+    model = bn_dropout_model().double()
+    test, bn = (ProbeData(d.x[:16].double(), d.y[:16]) for d in data)
+    evaluator = Evaluator(model, test, bn, batch_size=16)  # chunk=None: chosen
+    theta = evaluator.parameters()
+    d = {n: 0.1 * torch.ones_like(t) for n, t in theta.items()}
+    lambdas = torch.linspace(-1, 1, 130, dtype=torch.float64)  # enough points to try a chunk of 2
+    loss, _ = evaluator.curve(theta, d, lambdas)
+    assert evaluator.chunk_used in (1, 2)
+    reference, _ = Evaluator(model, test, bn, batch_size=16, chunk=1).curve(theta, d, lambdas)
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    short = Evaluator(model, test, bn, batch_size=16)
+    short.curve(theta, d, lambdas[:5])
+    assert short.chunk_used == evaluator.chunk_used  # the choice is kept for the same shapes

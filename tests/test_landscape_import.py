@@ -1,4 +1,5 @@
-"""landscape never imports Flower (DESIGN.md import graph: landscape -> torch + fedsign models/data/checkpoint)."""
+"""landscape never imports Flower: the probes run on checkpoints alone (torch, scipy, matplotlib and fedsign's
+model, data and checkpoint code), so they work where Flower is not installed."""
 
 from __future__ import annotations
 
