@@ -126,3 +126,40 @@ def test_mining_algorithms_return_directions_over_the_group(setup):
     assert set(eps2) == set(names) and len(history2) == 2
     again, _ = mine_wpeak(model, theta, names, evaluator.data, epochs=2, lr=0.1, batch_size=30, seed=0)
     assert all(torch.equal(again[n], eps[n]) for n in names)  # seeded
+
+
+class _SignCountingEvaluator:
+    """A stand-in evaluator with a closed-form curve: at λ along a unit direction d, error = s·λ + 0.1
+    and loss = λ² + s, with s the fraction of d's entries that carry θ's sign."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def curve(self, theta, unit, lams, progress=None):
+        agree = sum(int((torch.sign(unit[k]) == torch.sign(theta[k])).sum()) for k in unit)
+        s = agree / sum(v.numel() for v in unit.values())
+        self.seen.append(s)
+        lams = torch.as_tensor(lams, dtype=torch.float64)
+        return lams**2 + s, s * lams + 0.1
+
+
+def test_sign_sweep_numbers_against_a_hand_computation_on_both_sides():
+    """Mean error and loss over λ >= 0 and over λ <= 0 (λ = 0 on both sides), for each ratio r, with
+    the share of sign-consistent entries the directions carry: r of them, the rest half by chance."""
+    from landscape.sign_sweep import sign_sweep
+
+    gen = torch.Generator().manual_seed(0)
+    theta = {"w": torch.randn(400, 50, generator=gen), "b": torch.randn(1000, generator=gen)}
+    fake = _SignCountingEvaluator()
+    lams = np.array([-1.0, -0.5, 0.0, 0.25, 1.0])
+    out = sign_sweep(fake, theta, ["w", "b"], ratios=[0.0, 0.5, 1.0], lambdas=lams, scale=2.0, seed=3)
+    s = np.array(fake.seen)
+    assert s[2] == 1.0 and abs(s[0] - 0.5) < 0.02 and abs(s[1] - 0.75) < 0.02
+    scaled = 2.0 * lams
+    pos, neg = scaled[lams >= 0], scaled[lams <= 0]  # [0, 0.5, 2] and [-2, -1, 0]
+    for i, si in enumerate(s):
+        assert out.arrays["pos_error"][i] == pytest.approx(np.mean(si * pos + 0.1), abs=1e-12)
+        assert out.arrays["neg_error"][i] == pytest.approx(np.mean(si * neg + 0.1), abs=1e-12)
+        assert out.arrays["pos_loss"][i] == pytest.approx(np.mean(pos**2 + si), abs=1e-12)
+        assert out.arrays["neg_loss"][i] == pytest.approx(np.mean(neg**2 + si), abs=1e-12)
+    assert out.arrays["error"].shape == (3, 5) and list(out.arrays["ratios"]) == [0.0, 0.5, 1.0]
