@@ -246,7 +246,8 @@ class GraphedClientSteps(ClientSteps):
     def begin(self, consts: Params) -> None:
         self.kept.load(consts)
         for state in self.optimizer.state.values():
-            state["momentum_buffer"].zero_()
+            if state.get("momentum_buffer") is not None:
+                state["momentum_buffer"].zero_()
         self.total.zero_()
         self.total_ce.zero_()
 

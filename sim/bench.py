@@ -49,6 +49,7 @@ from fedsign.local_training import GRAPH_STATS, autocast, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state, load_exchanged
 from fedsign.workspace import active_clients, client_data, dataset_on, partitions
+from sim.campaign import commit
 from strategies.base import weighted_mean
 from strategies.sampling import client_seed, sample_clients
 
@@ -277,14 +278,10 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], RunConfig]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where and when a measurement ran: hardware, software, the checkout's commit."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit + ("+changes" if dirty else "") or "unknown",
+            "python": platform.python_version(), "commit": commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -375,7 +372,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run_against(args: argparse.Namespace) -> dict[str, Any]:
     """The same bench in this checkout and in args.against, alternating (`--repeats` each), each run a
-    process of its own; per engine the median s/round of each checkout and their ratio (this / that)."""
+    process of its own; per engine each checkout's s/round (median over its runs, and its best run)
+    and their ratios (this / that)."""
     check_inputs(args)
     passed = strip_flags(args.argv, {"--against": 1, "--repeats": 1, "--json": 1, "--out": 1})
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
@@ -389,14 +387,20 @@ def run_against(args: argparse.Namespace) -> dict[str, Any]:
                 if proc.returncode != 0:
                     raise FedsignError(f"the bench in {root} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 runs[which].append(json.loads(Path(f"{tmp}/b.json").read_text()))
+    # the median over runs, and the best run (the least disturbed by other work on a shared machine)
     medians = {which: {name: statistics.median(r["engines"][name]["s_per_round"] for r in rs)
                        for name in rs[0]["engines"]} for which, rs in runs.items()}
-    return {"before": {"path": str(Path(args.against).resolve()), "commit": git_commit(Path(args.against)),
-                       "s_per_round": medians["before"], "runs": runs["before"]},
-            "after": {"path": str(ROOT), "commit": runs["after"][0]["commit"], "s_per_round": medians["after"],
-                      "runs": runs["after"]},
+    bests = {which: {name: min(r["engines"][name]["s_per_round"] for r in rs) for name in rs[0]["engines"]}
+             for which, rs in runs.items()}
+    sides = {which: {"s_per_round": medians[which], "best_s_per_round": bests[which], "runs": runs[which]}
+             for which in runs}
+    return {"before": {"path": str(Path(args.against).resolve()), "commit": checkout_commit(Path(args.against)),
+                       **sides["before"]},
+            "after": {"path": str(ROOT), "commit": runs["after"][0]["commit"], **sides["after"]},
             "after_over_before": {n: medians["after"][n] / medians["before"][n]
                                   for n in medians["after"] if n in medians["before"]},
+            "after_over_before_best": {n: bests["after"][n] / bests["before"][n]
+                                       for n in bests["after"] if n in bests["before"]},
             "command": command_line(args), "repeats": args.repeats,
             **{k: runs["after"][0][k] for k in ("device", "cpu", "cpu_count", "torch_threads", "torch", "python",
                                                  "date", "setting")}}
@@ -414,8 +418,9 @@ def strip_flags(argv: list[str], flags: dict[str, int]) -> list[str]:
     return out
 
 
-def git_commit(root: Path) -> str:
-    return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+def checkout_commit(root: Path) -> str:
+    """The commit of another checkout (--against); this one's is sim.campaign.commit()."""
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip() or "unknown"
 
 

@@ -55,8 +55,9 @@ FLOWER_VARIANTS = ("default", "all")  # Ray's start-up alone is ~30 s: two Flowe
 QUICK_VARIANTS = ("default", "all")  # the CPU form times the plain way and every lever at once; profiled
 
 # seconds each part may take at most (GPU form, quick form); parts run in this order
-PLAN = [("data", 60, 0), ("tests", 100, 20), ("bench:default", 45, 30), ("bench:cuda_graph", 30, 0),
-        ("bench:all", 30, 0), ("valley", 30, 15), ("profile", 40, 15), ("bench:bf16", 30, 0),
+# (the quick form's shares are generous for a shared 2-core CI machine; it takes ~40 s there)
+PLAN = [("data", 60, 0), ("tests", 100, 30), ("bench:default", 45, 45), ("bench:cuda_graph", 30, 0),
+        ("bench:all", 30, 0), ("valley", 30, 25), ("profile", 40, 30), ("bench:bf16", 30, 0),
         ("bench:channels_last", 30, 0), ("bench:cuda_graph+channels_last", 30, 0)]
 FLOWER_EXTRA = 40  # a bench part's extra seconds when it also times the Flower engine
 
@@ -69,21 +70,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the CPU form: digits, a tiny round, one bench process")
     p.add_argument("--data-root", default="", help="the CIFAR-10 copy (default: $FEDSIGN_CIFAR10, /tmp/gpu-data, "
                                                    "../shared/data/cifar10-jpeg)")
-    p.add_argument("--budget", type=float, default=0.0, help="seconds for everything (default: 300, quick 90)")
+    p.add_argument("--budget", type=float, default=0.0, help="seconds for everything (default: 300, quick 130)")
     p.add_argument("--rounds", type=int, default=0, help="bench rounds per engine (default: 3, quick 2)")
     p.add_argument("--part", default="", help=argparse.SUPPRESS)  # internal: run one part in this process
     p.add_argument("--work", default="", help=argparse.SUPPRESS)  # internal: the parts' scratch folder
     args = p.parse_args(argv)
     if args.budget < 0 or args.rounds < 0:
         p.error("--budget and --rounds must be >= 0")
-    args.budget = args.budget or (90.0 if args.quick else 300.0)
+    args.budget = args.budget or (130.0 if args.quick else 300.0)
     args.rounds = args.rounds or (2 if args.quick else 3)
     return args
 
 
 def data_root(given: str) -> str:
-    """The CIFAR-10 copy: --data-root, $FEDSIGN_CIFAR10, the GPU host's /tmp/gpu-data, ../shared/data."""
-    for candidate in (given, os.environ.get("FEDSIGN_CIFAR10", ""), str(GPU_DATA),
+    """The CIFAR-10 copy: --data-root (only it, when given), else $FEDSIGN_CIFAR10, the GPU host's
+    /tmp/gpu-data, ../shared/data/cifar10-jpeg; "" when there is none."""
+    if given:
+        return str(Path(given).resolve()) if Path(given).is_dir() else ""
+    for candidate in (os.environ.get("FEDSIGN_CIFAR10", ""), str(GPU_DATA),
                       str(ROOT.parent / "shared" / "data" / "cifar10-jpeg")):
         if candidate and Path(candidate).is_dir():
             return str(Path(candidate).resolve())
@@ -352,7 +356,7 @@ class Check:
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-v", "-p", "no:cacheprovider",
                f"--junitxml={junit}"]
         outcome = self.process(cmd, limit, self.out / "pytest.log", ok_codes=(0, 5))  # 5: none collected
-        outcome.update(test_summary(junit, self.out / "pytest.log"))
+        outcome.update(pytest_outcomes(junit, self.out / "pytest.log"))
         if outcome["status"] == "ok" and outcome.get("failed"):
             outcome["status"] = "failed"
         return outcome
@@ -420,7 +424,7 @@ def limit_log(path: Path) -> None:
         write_limited(path, path.read_text(errors="replace"))
 
 
-def test_summary(junit: Path, log: Path) -> dict[str, Any]:
+def pytest_outcomes(junit: Path, log: Path) -> dict[str, Any]:
     """Counts and the failed tests' names, from pytest's JUnit XML or, if pytest was killed, its -v lines."""
     outcomes: dict[str, str] = {}
     if junit.is_file():
@@ -442,7 +446,7 @@ def environment() -> dict[str, Any]:
 
     import torch
 
-    from sim.bench import git_commit
+    from sim.campaign import commit
 
     smi = ""
     if torch.cuda.is_available():
@@ -451,10 +455,8 @@ def environment() -> dict[str, Any]:
                                  capture_output=True, text=True, timeout=20).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             smi = ""
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": git_commit(ROOT) + ("+changes" if dirty else ""),
+            "commit": commit(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "nvidia_smi": smi or None,
             "cuda": torch.version.cuda, "torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
@@ -474,8 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: error: OUTDIR {args.outdir}: {exc}", file=sys.stderr)
         sys.exit(2)
     if not args.quick and not data_root(args.data_root):
-        print(f"{PROG}: error: no CIFAR-10 copy found (--data-root, $FEDSIGN_CIFAR10, {GPU_DATA}); "
-              "stage it as shared/gpu/README.md says, or use --quick", file=sys.stderr)
+        where = f"--data-root {args.data_root} is not a folder" if args.data_root else \
+            f"no CIFAR-10 copy found ($FEDSIGN_CIFAR10, {GPU_DATA}, ../shared/data/cifar10-jpeg)"
+        print(f"{PROG}: error: {where}; stage it as shared/gpu/README.md says, or use --quick", file=sys.stderr)
         sys.exit(2)
     check = Check(args)
     report = check.run()
