@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fedsign.config import TrainConfig
 from fedsign.data.augment import CropFlip, apply_crop_flip, draw_crop_flip, normalize
@@ -180,15 +180,13 @@ class StepGraphs:
 
 
 class KeptTensors:
-    """Tensors copied into storage that outlives one call (what a captured graph reads): the first
-    `load` clones them, later ones copy in place. `matches` says whether new tensors fit (same
-    structure, shapes, dtypes, devices)."""
+    """A pytree of tensors cloned into storage that outlives one call (what a captured graph reads);
+    `load` copies new values of the same structure, shapes and dtypes (`signature`) in place."""
 
     def __init__(self, tree) -> None:
-        leaves, self.spec = tree_flatten(tree)
-        self.signature = signature(tree)
+        leaves, spec = tree_flatten(tree)
         self.leaves = [t.detach().clone() for t in leaves]
-        self.tree = torch.utils._pytree.tree_unflatten(self.leaves, self.spec)
+        self.tree = tree_unflatten(self.leaves, spec)
 
     def load(self, tree) -> None:
         for kept, new in zip(self.leaves, tree_flatten(tree)[0]):
@@ -196,6 +194,7 @@ class KeptTensors:
 
 
 def signature(tree) -> tuple:
+    """What a kept copy of `tree` must match: its structure and each tensor's shape, dtype and device."""
     leaves, spec = tree_flatten(tree)
     return (str(spec), tuple((tuple(t.shape), t.dtype, str(t.device)) for t in leaves))
 

@@ -12,7 +12,6 @@ Each section lies between `<!-- BEGIN generated: NAME ... -->` and `<!-- END gen
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys

@@ -24,7 +24,7 @@ from fedsign.config import RunConfig
 from fedsign.data import ImageSet
 from fedsign.data.specs import DATASETS
 from fedsign.evaluation import evaluate
-from fedsign.local_training import GRAPH_STATS, Step, batch_plan, make_batch, step_batches, train_locally
+from fedsign.local_training import GRAPH_STATS, batch_plan, make_batch, step_batches, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state
 from fedsign.server_app import run_server
@@ -107,13 +107,12 @@ def test_channels_last_changes_only_the_memory_order(device, engine, tmp_path, o
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_bf16_autocast_stays_near_fp32(device, engine, tmp_path, one_thread):
-    """bf16 keeps 8 bits of mantissa in the forward pass: two rounds' update of the global model stays
-    within a few percent of fp32's (measured: ~1 % on the CPU), far from a wrong or missing update."""
+    """bf16 keeps 8 bits of mantissa in the forward pass: the second round's update of the global model
+    stays within a few percent of fp32's (measured: 0.8 % on the CPU), far from a wrong or missing update."""
     fp32 = run_rounds(engine, setting(device), tmp_path / "fp32")
     bf16 = run_rounds(engine, setting(device, **{"train.precision": "bf16"}), tmp_path / "bf16")
-    start = exchanged_state(build_model("smallcnn", DATASETS["digits"]))  # not θ_0: compare the two rounds' update
-    step_fp32 = torch.cat([(fp32[1][k] - fp32[0][k]).flatten() for k in start])
-    step_bf16 = torch.cat([(bf16[1][k] - bf16[0][k]).flatten() for k in start])
+    step_fp32 = torch.cat([(fp32[1][k] - fp32[0][k]).flatten() for k in fp32[0]])
+    step_bf16 = torch.cat([(bf16[1][k] - bf16[0][k]).flatten() for k in fp32[0]])
     assert step_bf16.dtype == torch.float32
     assert float((step_bf16 - step_fp32).norm() / step_fp32.norm()) < 0.05
 
