@@ -6,7 +6,7 @@ the measurements wrote (no number typed by hand):
   a `fedsign-bench --against DIR` JSON         -> the section `cpu-before-after`: s/round before and
                                                   after a change, side by side, and their ratio
 Each section lies between `<!-- BEGIN generated: NAME ... -->` and `<!-- END generated: NAME -->` in
---doc. `--check` changes nothing and fails (exit code 1) when the doc differs from what the JSON gives;
+--doc; several JSON files of one section are rendered one after another, in the order given. `--check` changes nothing and fails (exit code 1) when the doc differs from what the JSON gives;
 `--print` writes the sections to stdout instead.
 """
 
@@ -251,21 +251,28 @@ def main(argv: list[str] | None = None) -> None:
         doc = doc_path.read_text() if not args.print else ""
     except OSError as exc:
         fail(f"--doc {args.doc}: {exc.strerror or exc}")
+    bodies: dict[str, list[str]] = {}  # section -> what each of its JSON files gives, in the order given
+    sources: dict[str, list[str]] = {}
     for item in args.json:
         try:
             report = json.loads(Path(item).read_text())
             name = section_of(report)
-            body = SECTIONS[name](report, relative(Path(item)))
-            if args.print:
-                print(body + "\n")
-            else:
-                doc = replace_section(doc, name, body, relative(Path(item)))
+            bodies.setdefault(name, []).append(SECTIONS[name](report, relative(Path(item))))
+            sources.setdefault(name, []).append(relative(Path(item)))
         except OSError as exc:
             fail(f"{item}: {exc.strerror or exc}")
         except KeyError as exc:
             fail(f"{item}: the JSON lacks {exc}")
         except ValueError as exc:  # json's decode errors included
             fail(f"{item}: {exc}")
+    for name, parts in bodies.items():
+        if args.print:
+            print("\n\n".join(parts) + "\n")
+            continue
+        try:
+            doc = replace_section(doc, name, "\n\n".join(parts), " ".join(sources[name]))
+        except ValueError as exc:
+            fail(f"--doc {args.doc}: {exc}")
     if args.print:
         return
     if args.check:

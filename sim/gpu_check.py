@@ -6,7 +6,8 @@ each within its share of --budget, skipped when too little is left, and said so 
              in the quick form: digits ships with scikit-learn)
   tests      `pytest -m gpu tests/test_gpu.py` (tests that skip without CUDA), summary per test
   bench:*    fedsign-bench on the Table-1 round (VGG8, 100 clients, 10 per round, 5 local epochs, batch
-             64, lr 0.03, alpha 0.5, the authors' partition), one process per speed option (VARIANTS):
+             64, lr 0.03, alpha 0.5, the authors' partition), one process per speed option (VARIANTS;
+             the plain way, all levers and CUDA graphs first, the single levers after the profile):
              reference, cohort and the throughput limit, plus flower where Ray is installed
   valley     a 41-point valley on the bench's VGG8 checkpoint over 5,000 test images: landscape's
              batched evaluator against a plain loop (copy, write theta + lambda d, evaluate), as a ratio
@@ -56,8 +57,8 @@ QUICK_VARIANTS = ("default", "all")  # the CPU form times the plain way and ever
 
 # seconds each part may take at most (GPU form, quick form); parts run in this order
 # (the quick form's shares are generous for a shared 2-core CI machine; it takes ~40 s there)
-PLAN = [("data", 60, 0), ("tests", 100, 30), ("bench:default", 45, 45), ("bench:cuda_graph", 30, 0),
-        ("bench:all", 30, 0), ("valley", 30, 25), ("profile", 40, 30), ("bench:bf16", 30, 0),
+PLAN = [("data", 60, 0), ("tests", 120, 30), ("bench:default", 45, 45), ("bench:all", 30, 0),
+        ("bench:cuda_graph", 30, 0), ("valley", 30, 25), ("profile", 40, 30), ("bench:bf16", 30, 0),
         ("bench:channels_last", 30, 0), ("bench:cuda_graph+channels_last", 30, 0)]
 FLOWER_EXTRA = 40  # a bench part's extra seconds when it also times the Flower engine
 

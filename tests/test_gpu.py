@@ -10,7 +10,6 @@ evaluator's vmap chunk equals a plain loop, a checkpoint written from CUDA loads
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -23,7 +22,6 @@ from fedsign.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from fedsign.config import RunConfig
 from fedsign.data import ImageSet
 from fedsign.data.specs import DATASETS
-from fedsign.evaluation import evaluate
 from fedsign.local_training import GRAPH_STATS, batch_plan, make_batch, step_batches, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state
@@ -32,6 +30,7 @@ from landscape import Evaluator, ProbeData
 from sim.cohort.cohort_training import groups_at, stack_steps
 from sim.cohort.grid import CohortGrid
 from sim.cohort.inprocess_grid import InProcessGrid
+from sim.gpu_check import plain_loop
 from strategies.registry import METHOD_NAMES
 from tests.conftest import CIFAR10_JPEG
 
@@ -68,12 +67,6 @@ def moved(states: list[dict]) -> float:
     return max(float((states[1][k] - states[0][k]).abs().max()) for k in states[0])
 
 
-# ---- the levers, on the CPU and on CUDA ----
-# on the CPU the methods whose constants and state differ in structure (none, shared, stacked, per client)
-GRAPH_CASES = ([("cpu", m) for m in ("fedavg", "moon", "feddyn", "fedsign")]
-               + [pytest.param("cuda", m, marks=gpu) for m in METHOD_NAMES])
-
-
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
     """The runs' PNGs (curves, partitions) take half a small run's time and are tested elsewhere."""
@@ -81,65 +74,7 @@ def no_plots(monkeypatch):
     monkeypatch.setattr("fedsign.server_loop.write_partition_report", lambda *args, **kwargs: None)
 
 
-@pytest.mark.parametrize(("device", "method"), GRAPH_CASES)
-@pytest.mark.parametrize("engine", list(ENGINES))
-def test_cuda_graph_steps_equal_eager_steps(device, engine, method, tmp_path, one_thread, float64):
-    """The graphed steps (kept tensors, zeroed momentum, constants copied in; captured on CUDA) give the
-    eager steps' global model in both rounds: the second reuses what the first kept."""
-    GRAPH_STATS.__init__()
-    eager = run_rounds(engine, setting(device, method), tmp_path / "eager")
-    graphed = run_rounds(engine, setting(device, method, **{"train.step_mode": "cuda_graph"}), tmp_path / "graph")
-    assert_close(eager, graphed, 1e-12, 1e-14, f"{engine}/{method}")
-    assert moved(eager) > 1e-3
-    if device == "cuda":
-        assert GRAPH_STATS.failures == [] and GRAPH_STATS.captured > 0 and GRAPH_STATS.replayed > GRAPH_STATS.captured
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("engine", list(ENGINES))
-def test_channels_last_changes_only_the_memory_order(device, engine, tmp_path, one_thread, float64):
-    plain = run_rounds(engine, setting(device, "fedprox"), tmp_path / "plain")
-    nhwc = run_rounds(engine, setting(device, "fedprox", **{"train.channels_last": True}), tmp_path / "nhwc")
-    assert_close(plain, nhwc, 1e-10, 1e-12, engine)
-    assert all(t.is_contiguous() for state in nhwc for t in state.values())  # what is exchanged is plain
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("engine", list(ENGINES))
-def test_bf16_autocast_stays_near_fp32(device, engine, tmp_path, one_thread):
-    """bf16 keeps 8 bits of mantissa in the forward pass: the second round's update of the global model
-    stays within a few percent of fp32's (measured: 0.8 % on the CPU), far from a wrong or missing update."""
-    fp32 = run_rounds(engine, setting(device), tmp_path / "fp32")
-    bf16 = run_rounds(engine, setting(device, **{"train.precision": "bf16"}), tmp_path / "bf16")
-    step_fp32 = torch.cat([(fp32[1][k] - fp32[0][k]).flatten() for k in fp32[0]])
-    step_bf16 = torch.cat([(bf16[1][k] - bf16[0][k]).flatten() for k in fp32[0]])
-    assert step_bf16.dtype == torch.float32
-    assert float((step_bf16 - step_fp32).norm() / step_fp32.norm()) < 0.05
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatch):
-    monkeypatch.setattr("fedsign.local_training.BATCH_BLOCK", 40)  # blocks end inside the plan
-    spec = DATASETS["cifar10"]
-    torch.manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8).to(device),
-                    torch.randint(0, 10, (90,)).to(device))
-    cfg = setting(device).train
-    plans = [batch_plan(n, cfg, spec, True, seed, torch.device(device), offset=o)
-             for seed, (n, o) in enumerate(((50, 0), (40, 50)))]
-    single = plans[0]
-    stacked = [stack_steps([plans[i][t] for i in members]) for t in range(len(plans[0]))
-               for members in groups_at(plans, t)]
-    for steps in (single, stacked):
-        for channels_last in (False, True):
-            built = list(step_batches(data, steps, spec, channels_last))
-            assert len(built) == len(steps)
-            for (x, y), step in zip(built, steps):
-                x_step, y_step = make_batch(data, step, spec)
-                assert torch.equal(x, x_step) and torch.equal(y, y_step)
-
-
-# ---- CUDA only ----
+# ---- CUDA only (first: what only a GPU can show, before the levers' CUDA cases) ----
 def cifar_setting(method: str, **extra) -> RunConfig:
     """One round of VGG8 on CIFAR-10 ($FEDSIGN_CIFAR10, which sim.gpu_check sets): 4 of the authors' 100
     clients (Table 1's partition), 1 epoch, every speed lever on."""
@@ -229,18 +164,6 @@ def test_no_local_step_waits_for_the_host(engine, step_mode):
     assert many == few, (few, many)
 
 
-def plain_curve(model, theta, direction, lambdas, test: ImageSet, spec) -> np.ndarray:
-    """One point at a time: a copy of the model, theta + lambda d written into it, fedsign's evaluation."""
-    losses = []
-    for lam in lambdas:
-        moved_model = copy.deepcopy(model)
-        with torch.no_grad():
-            for name, p in moved_model.named_parameters():
-                p.copy_(theta[name] + float(lam) * direction[name])
-        losses.append(evaluate(moved_model, test, spec, 500)[0])
-    return np.array(losses)
-
-
 @pytest.mark.gpu
 @needs_cuda
 def test_landscape_vmap_chunk_equals_the_plain_loop(no_tf32):
@@ -257,7 +180,7 @@ def test_landscape_vmap_chunk_equals_the_plain_loop(no_tf32):
     direction = scale_direction(noise_direction(theta, list(theta), "gaussian", 0, sign=True), theta, "ns")
     lambdas = np.linspace(-1.0, 1.0, 21)
     loss, _ = evaluator.curve(theta, direction, lambdas)
-    expected = plain_curve(model, theta, direction, lambdas, test, spec)
+    expected = plain_loop(model, theta, direction, lambdas, test, spec)
     assert np.allclose(loss.numpy(), expected, rtol=1e-4, atol=1e-5), np.abs(loss.numpy() - expected).max()
 
 
@@ -290,3 +213,67 @@ def test_a_checkpoint_written_from_cuda_loads_on_a_cpu(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(x), model.eval()(x.cuda()).cpu(), rtol=1e-3, atol=1e-4)
+
+
+# ---- the levers, on the CPU and on CUDA ----
+# on the CPU the methods whose constants and state differ in structure (none, shared, stacked, per client)
+GRAPH_CASES = ([("cpu", m) for m in ("fedavg", "moon", "feddyn", "fedsign")]
+               + [pytest.param("cuda", m, marks=gpu) for m in METHOD_NAMES])
+
+
+@pytest.mark.parametrize(("device", "method"), GRAPH_CASES)
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_cuda_graph_steps_equal_eager_steps(device, engine, method, tmp_path, one_thread, float64):
+    """The graphed steps (kept tensors, zeroed momentum, constants copied in; captured on CUDA) give the
+    eager steps' global model in both rounds: the second reuses what the first kept."""
+    GRAPH_STATS.__init__()
+    eager = run_rounds(engine, setting(device, method), tmp_path / "eager")
+    graphed = run_rounds(engine, setting(device, method, **{"train.step_mode": "cuda_graph"}), tmp_path / "graph")
+    assert_close(eager, graphed, 1e-12, 1e-14, f"{engine}/{method}")
+    assert moved(eager) > 1e-3
+    if device == "cuda":
+        assert GRAPH_STATS.failures == [] and GRAPH_STATS.captured > 0 and GRAPH_STATS.replayed > GRAPH_STATS.captured
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_channels_last_changes_only_the_memory_order(device, engine, tmp_path, one_thread, float64):
+    plain = run_rounds(engine, setting(device, "fedprox"), tmp_path / "plain")
+    nhwc = run_rounds(engine, setting(device, "fedprox", **{"train.channels_last": True}), tmp_path / "nhwc")
+    assert_close(plain, nhwc, 1e-10, 1e-12, engine)
+    assert all(t.is_contiguous() for state in nhwc for t in state.values())  # what is exchanged is plain
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_bf16_autocast_stays_near_fp32(device, engine, tmp_path, one_thread):
+    """bf16 keeps 8 bits of mantissa in the forward pass: the second round's update of the global model
+    stays within a few percent of fp32's (measured: 0.8 % on the CPU), far from a wrong or missing update."""
+    fp32 = run_rounds(engine, setting(device), tmp_path / "fp32")
+    bf16 = run_rounds(engine, setting(device, **{"train.precision": "bf16"}), tmp_path / "bf16")
+    step_fp32 = torch.cat([(fp32[1][k] - fp32[0][k]).flatten() for k in fp32[0]])
+    step_bf16 = torch.cat([(bf16[1][k] - bf16[0][k]).flatten() for k in fp32[0]])
+    assert step_bf16.dtype == torch.float32
+    assert float((step_bf16 - step_fp32).norm() / step_fp32.norm()) < 0.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatch):
+    monkeypatch.setattr("fedsign.local_training.BATCH_BLOCK", 40)  # blocks end inside the plan
+    spec = DATASETS["cifar10"]
+    torch.manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8).to(device),
+                    torch.randint(0, 10, (90,)).to(device))
+    cfg = setting(device).train
+    plans = [batch_plan(n, cfg, spec, True, seed, torch.device(device), offset=o)
+             for seed, (n, o) in enumerate(((50, 0), (40, 50)))]
+    single = plans[0]
+    stacked = [stack_steps([plans[i][t] for i in members]) for t in range(len(plans[0]))
+               for members in groups_at(plans, t)]
+    for steps in (single, stacked):
+        for channels_last in (False, True):
+            built = list(step_batches(data, steps, spec, channels_last))
+            assert len(built) == len(steps)
+            for (x, y), step in zip(built, steps):
+                x_step, y_step = make_batch(data, step, spec)
+                assert torch.equal(x, x_step) and torch.equal(y, y_step)

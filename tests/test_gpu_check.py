@@ -89,12 +89,12 @@ def test_bad_options_are_one_error_line(tmp_path, capsys, flags, message):
     assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_the_report_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
+def test_the_report_refuses_what_it_cannot_read_in_one_line(quick_check, tmp_path, capsys):
+    quick_json = quick_check[0] / "gpu_check.json"
     (tmp_path / "other.json").write_text('{"engines": {}}')
     (tmp_path / "doc.md").write_text("no sections here\n")
     for argv, message in ((["/nonexistent.json"], "No such file"), ([str(tmp_path / "other.json")], "neither"),
-                          ([str(ROOT / "docs" / "benchmarks" / "cpu-before-after.json"), "--doc",
-                            str(tmp_path / "doc.md")], "has no section 'cpu-before-after'")):
+                          ([str(quick_json), "--doc", str(tmp_path / "doc.md")], "has no section 'gpu-check'")):
         with pytest.raises(SystemExit) as exit_info:
             bench_report.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
