@@ -12,7 +12,8 @@ each within its share of --budget, skipped when too little is left, and said so 
   valley     a 41-point valley on the bench's VGG8 checkpoint over 5,000 test images: landscape's
              batched evaluator against a plain loop (copy, write theta + lambda d, evaluate), as a ratio
   profile    torch.profiler over one round of the cohort's and one client's local training (plain and
-             with every lever): where the time goes, the device's busy fraction, the top kernels
+             with every lever): where the time goes, the device's busy fraction, the top kernels; and
+             cProfile over a 2-round cohort-engine run: the host's own time (server loop, Grid)
 OUTDIR gets gpu_check.json (rewritten after every part: a kill keeps what was done), gpu_check.log,
 pytest.log and profile.txt. `--quick` is the CPU form (digits, a tiny round, all options in one
 process, the plain way and all levers at once): the same parts end to end in well under a minute. `python -m sim.bench_report` turns the
@@ -250,8 +251,39 @@ def part_profile(args: argparse.Namespace) -> dict[str, Any]:
                                                             else len(clients[0].data))
             sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             tables.append(f"== {key}: {wall:.3f} s ==\n" + averages.table(sort_by=sort, row_limit=25))
+        key = f"cohort engine, {cfg.train.rounds} rounds [{variant}]"
+        out[key], text = python_profile(cfg.replace(engine__name="cohort", train__rounds=2,
+                                                    out=str(Path(args.work, f"profile-run-{variant}"))))
+        tables.append(f"== {key} (cProfile, the server loop included) ==\n{text}")
     Path(args.work, "profile.txt").write_text("\n\n".join(tables) + "\n")
     return out
+
+
+def python_profile(cfg) -> tuple[dict[str, Any], str]:
+    """cProfile of a whole cohort-engine run (server loop, Grid, local training): where the host's
+    time goes beyond the kernels; the project's own functions with the most cumulative time (below
+    60 % of the run: not the drivers that hold all of it)."""
+    import cProfile
+    import io
+    import pstats
+
+    from sim.main import run
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    run(cfg)
+    profiler.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profiler)
+    # the project's functions, without the drivers that hold (nearly) the whole run
+    own = [(func, row) for func, row in stats.stats.items() if func[0].startswith(str(ROOT)) and row[3] < 0.6 * wall]
+    top = sorted(own, key=lambda item: item[1][3], reverse=True)[:15]
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(str(ROOT), 25)
+    return {"wall_s": wall, "rounds": cfg.train.rounds,
+            "top": [{"function": f"{Path(f[0]).relative_to(ROOT)}:{f[1]}({f[2]})", "calls": row[1],
+                     "cumulative_s": row[3], "own_s": row[2]} for f, row in top]}, text.getvalue()
 
 
 def profile_summary(averages, wall: float, cuda: bool) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def test_against_compares_two_checkouts_and_renders_the_section(tmp_path):
 
 
 def test_the_committed_cpu_comparison_is_what_its_json_gives():
-    proc = subprocess.run(cli("sim.bench_report") + ["docs/benchmarks/cpu-before-after.json", "--check"], cwd=ROOT,
+    proc = subprocess.run(cli("sim.bench_report") + ["docs/benchmarks/cpu-vs-1ee851b.json",
+                                                     "docs/benchmarks/cpu-vs-679b51f.json", "--check"], cwd=ROOT,
                           capture_output=True, text=True, env=cli_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr

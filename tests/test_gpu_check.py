@@ -43,8 +43,10 @@ def test_the_quick_check_runs_every_part_end_to_end(quick_check):
     assert valley["checkpoint"].startswith("the cohort engine's global model")
     assert valley["max_abs_loss_difference"] < 1e-4  # the batched evaluator computes the plain loop's losses
     profile = parts["profile"]["result"]
-    assert set(profile) == {"cohort round [default]", "one client [default]"}
-    assert all(p["wall_s"] > 0 and p["top"] and p["samples"] > 0 for p in profile.values())
+    assert set(profile) == {"cohort round [default]", "one client [default]", "cohort engine, 2 rounds [default]"}
+    assert all(p["wall_s"] > 0 and p["top"] for p in profile.values())
+    assert profile["cohort round [default]"]["samples"] > 0
+    assert any(t["function"].startswith("sim/cohort/") for t in profile["cohort engine, 2 rounds [default]"]["top"])
     files = sorted(p.name for p in out.iterdir())
     assert files == ["gpu_check.json", "gpu_check.log", "profile.txt", "pytest.log"]  # <= 8 files, flat
     assert "aten::" in (out / "profile.txt").read_text() and "skipped" in (out / "pytest.log").read_text()
