@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.quick and not data_root(args.data_root):
         where = f"--data-root {args.data_root} is not a folder" if args.data_root else \
             f"no CIFAR-10 copy found ($FEDSIGN_CIFAR10, {GPU_DATA}, ../shared/data/cifar10-jpeg)"
-        print(f"{PROG}: error: {where}; stage it as shared/gpu/README.md says, or use --quick", file=sys.stderr)
+        print(f"{PROG}: error: {where}; stage it as docs/BENCHMARKS.md says, or use --quick", file=sys.stderr)
         sys.exit(2)
     check = Check(args)
     report = check.run()
