@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,10 +365,10 @@ class Check:
                 self.log(f"{name}: {entry['status']} in {entry['seconds']:.1f} s")
             self.report["parts"][name] = entry
             self.save()
-        for name in ("profile.txt",):
-            if (self.work / name).is_file():
-                write_limited(self.out / name, (self.work / name).read_text())
+        if (self.work / "profile.txt").is_file():
+            write_limited(self.out / "profile.txt", (self.work / "profile.txt").read_text())
         self.save()
+        shutil.rmtree(self.work, ignore_errors=True)  # the runs' directories and checkpoints
         return self.report
 
     def run_part(self, name: str, limit: float, flower: bool) -> dict[str, Any]:
