@@ -33,7 +33,12 @@ from strategies.registry import METHOD_NAMES, METHODS
 
 Flat = dict[str, Any]
 ENGINES = ("flower", "cohort")
+PRECISIONS = ("fp32", "bf16")
+STEP_MODES = ("eager", "cuda_graph")
 PARTITION_SCHEMES = ("dirichlet", "authors", "iid")
+# a running Ray cluster (ray.init's address): auto, or its head's HOST:PORT (the GCS port of `ray start --head`).
+# Not Ray Client's ray://HOST:PORT: Flower's simulation never starts its clients through it (it hangs).
+RAY_ADDRESS = re.compile(r"auto|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:([1-9][0-9]{0,4})")
 
 
 @dataclass
@@ -86,8 +91,14 @@ class TrainConfig:
     weight_decay: float = 1e-5
     grad_clip: float = 100.0  # max gradient norm; 0 disables clipping
     weighted: bool = False  # sample-weighted mean instead of Algorithm 1's plain mean
+    # speed levers of local training (docs/engines.md, "Speed"); the defaults are plain fp32 eager PyTorch
+    precision: str = "fp32"  # fp32 | bf16: forward and loss under torch.autocast(bfloat16); weights, gradients, SGD stay fp32
+    channels_last: bool = False  # images (and a single client's conv weights) in NHWC memory order
+    step_mode: str = "eager"  # eager | cuda_graph: on CUDA each full-batch local step replays one captured CUDA graph
 
     def __post_init__(self) -> None:
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.step_mode", self.step_mode, STEP_MODES)
         for key in ("rounds", "local_epochs", "batch_size"):
             _check(f"train.{key}", getattr(self, key), getattr(self, key) >= 1, ">= 1")
         _check("train.lr", self.lr, self.lr > 0, "> 0")
@@ -120,9 +131,14 @@ class EngineConfig:
     name: str = "flower"  # flower (Ray simulation) | cohort (one process, all clients at once)
     num_cpus: float = 1.0  # Ray CPUs per client (engine=flower)
     num_gpus: float = 0.0  # Ray GPU share per client; 0 on a GPU machine: the round's clients share one
+    address: str = ""  # engine=flower: "" starts Ray here; auto or the head's HOST:PORT joins a running Ray cluster
 
     def __post_init__(self) -> None:
         _choice("engine.name", self.name, ENGINES)
+        match = RAY_ADDRESS.fullmatch(self.address)
+        if self.address and not (match and int(match.group(2) or 1) <= 65535):
+            raise ConfigError(f"engine.address={self.address!r} is not accepted; use \"\" (start Ray here), auto "
+                              "or HOST:PORT (a running cluster's head, e.g. 10.0.0.5:6379)")
         _check("engine.num_cpus", self.num_cpus, self.num_cpus > 0, "> 0")
         _check("engine.num_gpus", self.num_gpus, self.num_gpus >= 0, ">= 0")
 

@@ -31,6 +31,11 @@ class CropFlip:
         return CropFlip(torch.stack([d.dy for d in draws]), torch.stack([d.dx for d in draws]),
                         torch.stack([d.flip for d in draws]))
 
+    @staticmethod
+    def cat(draws: list[CropFlip]) -> CropFlip:
+        return CropFlip(torch.cat([d.dy for d in draws]), torch.cat([d.dx for d in draws]),
+                        torch.cat([d.flip for d in draws]))
+
     def to(self, device: torch.device) -> CropFlip:
         return CropFlip(self.dy.to(device), self.dx.to(device), self.flip.to(device))
 

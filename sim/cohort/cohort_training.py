@@ -10,6 +10,7 @@ vmap call on its rows; clients whose plan is finished take no further step.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,8 @@ from fedsign.data.augment import CropFlip
 from fedsign.data.images import ImageSet
 from fedsign.data.specs import DatasetSpec
 from fedsign.errors import ConfigError
-from fedsign.local_training import LocalResult, Step, batch_plan, make_batch
+from fedsign.local_training import (GRAPH_STATS, KeptTensors, LocalResult, Step, StepGraphs, autocast, batch_plan,
+                                    signature, step_batches)
 from fedsign.models import exchanged_state, has_batch_norm, load_exchanged, parameter_names
 from strategies.functional import Params, detached
 from strategies.objective import ClientObjective
@@ -60,48 +62,117 @@ def train_cohort(model: nn.Module, objective: ClientObjective, clients: list[Coh
     consts = [prepare(model, objective, c) for c in clients]
     shared_consts, const_dims = stack_consts(consts)
     params = {k: torch.stack([c.global_state[k] for c in clients]).to(device) for k in names}
-    optimizer = StackedSGD(params, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
+    run = cohort_steps(model, objective, params, shared_consts, const_dims, cfg, device)
 
     offsets = torch.tensor([0] + [len(c.data) for c in clients]).cumsum(0).tolist()
     data = ImageSet(torch.cat([c.data.x for c in clients]), torch.cat([c.data.y for c in clients]))
     plans = [batch_plan(len(c.data), cfg, spec, augment, c.seed, device, offset=offsets[i])
              for i, c in enumerate(clients)]
-
-    def client_loss(p: Params, x: torch.Tensor, y: torch.Tensor, k: Params):
-        return objective.loss(model, p, x, y, k)
-
-    step_all = vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, 0, 0, const_dims))
-    totals = torch.zeros(len(clients), device=device)
-    ces = torch.zeros(len(clients), device=device)
+    # every step's groups and row indices, made before the first step (a host-to-device copy waits for the GPU)
+    schedule = [(t, members) for t in range(max(len(plan) for plan in plans)) for members in groups_at(plans, t)]
     everyone = list(range(len(clients)))
-    row_index: dict[tuple[int, ...], torch.Tensor] = {}  # made once: a host-to-device copy waits for the GPU
-    for t in range(max(len(plan) for plan in plans)):
-        for members in groups_at(plans, t):
-            if members != everyone and tuple(members) not in row_index:
-                row_index[tuple(members)] = torch.tensor(members, device=device)
-            rows = None if members == everyone else row_index[tuple(members)]
-            x, y = make_batch(data, stack_steps([plans[i][t] for i in members]), spec)
-            p = params if rows is None else {k: v[rows] for k, v in params.items()}
-            k = shared_consts if rows is None else select_rows(shared_consts, const_dims, rows)
-            grads, (loss, ce) = step_all(p, x, y, k)
-            optimizer.step(grads, rows)
-            if rows is None:
-                totals.add_(loss.detach())
-                ces.add_(ce.detach())
-            else:
-                totals.index_add_(0, rows, loss.detach())
-                ces.index_add_(0, rows, ce.detach())
+    rows = {tuple(m): torch.tensor(m, device=device) for _, m in schedule if m != everyone}
+    batches = step_batches(data, [stack_steps([plans[i][t] for i in members]) for t, members in schedule],
+                           spec, cfg.channels_last)
+    for (_, members), (x, y) in zip(schedule, batches):
+        run.step(None if members == everyone else rows[tuple(members)], x, y)
 
     results = []
-    totals_cpu, ces_cpu = totals.cpu(), ces.cpu()
+    totals_cpu, ces_cpu = run.totals.cpu(), run.ces.cpu()
     state_keys = list(exchanged_state(model))
     for i, c in enumerate(clients):
-        own = {k: v[i] for k, v in params.items()}
+        own = {k: v[i].clone() for k, v in run.params.items()}  # the kept tensors train the next round
         new_state = objective.next_state(own, consts[i], c.method_state)
         steps = len(plans[i])
         results.append(LocalResult({k: own[k].detach() for k in state_keys}, detached(new_state), len(c.data),
                                    float(totals_cpu[i]) / max(steps, 1), float(ces_cpu[i]) / max(steps, 1), steps))
     return results
+
+
+class CohortSteps:
+    """The cohort's local steps: `step(rows, x, y)` is one vmapped grad_and_value of the objective for
+    the clients at `rows` (None: all), then their StackedSGD step, summing their losses."""
+
+    def __init__(self, model: nn.Module, objective: ClientObjective, params: Params, shared_consts, const_dims,
+                 cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.params = params
+        self.consts, self.const_dims = shared_consts, const_dims
+        self.optimizer = StackedSGD(params, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
+        clients = len(next(iter(params.values())))
+        self.totals = torch.zeros(clients, device=device)
+        self.ces = torch.zeros(clients, device=device)
+
+        def client_loss(p: Params, x: torch.Tensor, y: torch.Tensor, k: Params):
+            with autocast(cfg, device):
+                return objective.loss(model, p, x, y, k)
+
+        self.step_all = vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, 0, 0, const_dims))
+
+    def begin(self, params: Params, shared_consts) -> None:
+        """A fresh round (a fresh optimizer, as in train_locally)."""
+
+    def step(self, rows: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._step(rows, x, y)
+
+    def _step(self, rows: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> None:
+        p = self.params if rows is None else {k: v[rows] for k, v in self.params.items()}
+        k = self.consts if rows is None else select_rows(self.consts, self.const_dims, rows)
+        grads, (loss, ce) = self.step_all(p, x, y, k)
+        self.optimizer.step(grads, rows)
+        if rows is None:
+            self.totals.add_(loss.detach())
+            self.ces.add_(ce.detach())
+        else:
+            self.totals.index_add_(0, rows, loss.detach())
+            self.ces.index_add_(0, rows, ce.detach())
+
+
+class GraphedCohortSteps(CohortSteps):
+    """step_mode=cuda_graph: the same steps on tensors kept across rounds (the stacked parameters, the
+    optimizer's buffers, zeroed per round, the constants, the loss sums), so each full-batch group size
+    is captured once per process (one graph per number of clients in the group) and replayed, its rows
+    copied into the graph's row tensor. Epoch tails run eagerly. On a CPU these steps run eagerly."""
+
+    def __init__(self, model, objective, params, shared_consts, const_dims, cfg, device) -> None:
+        self.kept_params, self.kept_consts = KeptTensors(params), KeptTensors(shared_consts)
+        super().__init__(model, objective, self.kept_params.tree, self.kept_consts.tree, const_dims, cfg, device)
+        self.graphs = StepGraphs(device)
+        self.clients = len(self.totals)
+
+    def begin(self, params: Params, shared_consts) -> None:
+        self.kept_params.load(params)
+        self.kept_consts.load(shared_consts)
+        for buffer in self.optimizer.buffers.values():
+            buffer.zero_()
+        self.totals.zero_()
+        self.ces.zero_()
+
+    def step(self, rows: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> None:
+        if y.shape[1] != self.cfg.batch_size:  # an epoch's tail: its own size, too rare to capture
+            GRAPH_STATS.eager += 1
+            return self._step(rows, x, y)
+        if rows is None:
+            self.graphs.run(len(y), lambda xs, ys: self._step(None, xs, ys), (x, y))
+        else:
+            self.graphs.run(len(y), self._step, (rows, x, y))
+
+
+_kept_steps: weakref.WeakKeyDictionary[nn.Module, dict[tuple, GraphedCohortSteps]] = weakref.WeakKeyDictionary()
+
+
+def cohort_steps(model: nn.Module, objective: ClientObjective, params: Params, shared_consts, const_dims,
+                 cfg: TrainConfig, device: torch.device) -> CohortSteps:
+    if cfg.step_mode == "eager":
+        return CohortSteps(model, objective, params, shared_consts, const_dims, cfg, device)
+    key = (type(objective), repr(objective.cfg), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip,
+           cfg.batch_size, cfg.precision, signature(params), signature(shared_consts), repr(const_dims))
+    kept = _kept_steps.setdefault(model, {})
+    if key not in kept:
+        kept.clear()  # graphs of other settings hold memory this one needs
+        kept[key] = GraphedCohortSteps(model, objective, params, shared_consts, const_dims, cfg, device)
+    kept[key].begin(params, shared_consts)
+    return kept[key]
 
 
 def prepare(model: nn.Module, objective: ClientObjective, client: CohortClient) -> Params:
