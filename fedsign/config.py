@@ -14,7 +14,9 @@ its own ranges in __post_init__. A bad value is one ConfigError naming the key a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -179,7 +181,18 @@ class RunConfig:
     @classmethod
     def from_flat(cls, flat: Flat) -> RunConfig:
         """Build and check a config from dotted keys (Flower's run_config, Hydra's flattened config,
-        a run directory's config.yaml). A `method.*` key set to "" means the method's default."""
+        a run directory's config.yaml). A `method.*` key set to "" means the method's default.
+        Parsed once per distinct config (OmegaConf's checks take ~15 ms; every train message of a
+        round carries the same config); each caller gets its own copy."""
+        try:
+            key = tuple((k, type(v).__name__, v) for k, v in sorted(flat.items()))  # 1 and 1.0 differ
+            hash(key)
+        except TypeError:  # an unhashable value (a list): parsed, and refused, without the cache
+            return cls._parse(flat)
+        return copy.deepcopy(_parsed(cls, key))
+
+    @classmethod
+    def _parse(cls, flat: Flat) -> RunConfig:
         try:
             nested = unflatten_dict({k: v for k, v in flat.items() if not (k.startswith("method.") and v == "")})
         except (TypeError, AttributeError):
@@ -209,6 +222,11 @@ class RunConfig:
         if overrides.get("method.name", self.method.name) != self.method.name:
             flat = {k: v for k, v in flat.items() if not k.startswith("method.")}
         return RunConfig.from_flat({**flat, **overrides})
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(cls: type[RunConfig], key: tuple) -> RunConfig:
+    return cls._parse({k: v for k, _, v in key})
 
 
 def known_settings(flat: Flat) -> Flat:

@@ -137,3 +137,14 @@ def test_docs_list_every_method_setting_with_its_default():
         for f in dataclasses.fields(method.config):
             if f.name != "name":
                 assert f"`method.{f.name}` ({f.default})" in row, (name, f.name)
+
+
+def test_a_config_is_parsed_once_and_every_caller_gets_its_own_copy():
+    flat = RunConfig.from_flat({"method.name": "moon"}).to_flat()
+    first, second = RunConfig.from_flat(flat), RunConfig.from_flat(flat)
+    assert first == second and first is not second and first.method is not second.method
+    first.method.mu = 7.0
+    assert RunConfig.from_flat(flat).method.mu == 1.0
+    RunConfig.from_flat({"train.rounds": 2})  # cached; 2.0 is still refused: the cache tells 2 and 2.0 apart
+    with pytest.raises(ConfigError, match="whole number"):
+        RunConfig.from_flat({"train.rounds": 2.0})
