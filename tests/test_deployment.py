@@ -100,7 +100,8 @@ def test_tls_node_auth_deployment_runs_fedsign(tmp_path, processes):
 
     out = tmp_path / "run"
     run = dep.flwr("run", ".", "fedsign", "--stream", "--run-config",
-                   f"train.rounds=2 method.name='fedsign' partition.scheme='iid' out='{out}'", timeout=540)
+                   f"train.rounds=2 train.lr=0.05 train.local_epochs=1 method.name='fedsign' partition.scheme='iid' "
+                   f"out='{out}'", timeout=540)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     runs = dep.runs()
     assert len(runs) == 1 and runs[0]["status"] == "finished:completed", runs

@@ -61,7 +61,7 @@ def run_id_of(done: subprocess.CompletedProcess) -> str:
 def test_flwr_run_completes(local, tmp_path):
     flwr, status = local
     out = tmp_path / "run"
-    run = run_id_of(flwr("run", ".", "--stream", "--run-config", f"train.rounds=2 out='{out}'", timeout=400))
+    run = run_id_of(flwr("run", ".", "--stream", "--run-config", f"train.rounds=2 train.lr=0.05 train.local_epochs=1 out='{out}'", timeout=400))
     assert status(run)["status"] == "finished:completed"
     results = json.loads((out / "results.json").read_text())
     assert results["rounds"] == 2 and results["final_accuracy"] > 0.1
