@@ -133,7 +133,9 @@ def test_docs_list_every_method_setting_with_its_default():
     """docs/methods.md's table of settings is the dataclasses' (a changed default shows up here)."""
     text = (ROOT / "docs" / "methods.md").read_text()
     for name, method in METHODS.items():
-        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        rows = [line for line in text.splitlines() if line.startswith(f"| `{name}` |")]
+        assert rows, f"docs/methods.md has no row for method {name!r}: add its formula and settings"
+        row = rows[0]
         for f in dataclasses.fields(method.config):
             if f.name != "name":
                 assert f"`method.{f.name}` ({f.default})" in row, (name, f.name)
