@@ -112,7 +112,8 @@ def test_bad_resume_state(monkeypatch, capsys, tmp_path, damage, words):
     run_dir, cfg = _killed_run(tmp_path)
     if damage == "garbage":
         run_dir.resume_state.write_bytes(b"\x07" * 100)
-    elif damage == "pickle":  # a torch.save file whose unpickling would create a marker file
+    elif damage == "pickle":  # a torch.save file whose unpickling would create a marker file (kills a resume
+        # reader that unpickles)
         [(bomb, marker)] = [b for b in pickle_bombs(tmp_path) if b[0].name.startswith("torch")]
         bomb.rename(run_dir.resume_state)
     elif damage == "model_checkpoint":

@@ -45,7 +45,8 @@ def test_no_temporary_files_left(tmp_path):
 @pytest.mark.parametrize("write", ["checkpoint", "text"])
 def test_a_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch, write):
     """Atomic writes: when the rename into place fails (the process dies there), the old file is
-    intact and no temporary file is left."""
+    intact and no temporary file is left. Mutants killed: writing the target in place, and not
+    removing the temporary file on failure."""
     import os
 
     from fedsign.run_dir import write_atomic
@@ -72,7 +73,8 @@ def test_a_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypat
 
 def test_pickle_or_garbage_is_refused_without_unpickling(tmp_path):
     """A pickle (plain or torch.save) that would create a marker file when unpickled: refused by every
-    checkpoint reader, and the marker never appears (kills a reader that unpickles)."""
+    checkpoint reader, and the marker never appears. Mutant killed: a reader that falls back to
+    torch.load / pickle.load (the old test's payload left no trace when unpickled)."""
     for evil, marker in pickle_bombs(tmp_path):
         for read in (load_checkpoint, load_metadata, model_from_checkpoint):
             with pytest.raises(CheckpointError, match="not a readable safetensors"):

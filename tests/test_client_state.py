@@ -60,6 +60,7 @@ def test_a_resumed_server_gets_the_states_of_its_resume_point(tmp_path, on_disk)
 
 
 def test_a_pickled_state_file_is_ignored_never_unpickled(tmp_path, caplog):
+    """Mutant killed: a client-state reader that unpickles (the marker file would appear)."""
     store = ClientStateStore(node(tmp_path / "state"), "/runs/a", Stamp("s"))
     store.folder.mkdir(parents=True)
     for bomb, marker in pickle_bombs(tmp_path):

@@ -23,7 +23,7 @@ from tests.conftest import cli, cli_env, pushed, train_message, train_reply
 PLAN = {
     1: {0: "error", 1: "nan", 2: "no_num_examples", 3: "silent"},  # 0 valid < min_replies=2: skipped
     2: {1: "wrong_shape"},  # 3 valid: aggregated
-    3: {0: "inf", 2: "-inf"},  # 2 valid: aggregated (a check that only looks for NaN lets these through)
+    3: {0: "inf", 2: "-inf"},  # 2 valid: aggregated (kills the mutant: a check that rejects NaN, lets ±Inf through)
 }
 
 
@@ -201,6 +201,7 @@ class _Nodes:
     ({11: 0, 12: 1, 13: -1}, "partition-id=-1, outside 0..2"),
 ])
 def test_discovery_refuses_duplicate_and_out_of_range_partition_ids(flower_ids, claims, words):
+    """Mutants killed: dropping the duplicate check, or either bound of the range check."""
     from fedsign.discovery import discover_clients
     from fedsign.errors import FedsignError
 

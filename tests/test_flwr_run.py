@@ -68,6 +68,7 @@ def test_flwr_run_completes(local, tmp_path):
 
 
 def test_a_failed_run_reports_failed_with_the_error_line(local, tmp_path):
+    """Mutant killed: a ServerApp that swallows a FedsignError (the run would say finished:completed)."""
     flwr, status = local
     out = tmp_path / "run"
     run = run_id_of(flwr("run", ".", "--stream", "--run-config", f"train.rounds=0 out='{out}'", timeout=400))

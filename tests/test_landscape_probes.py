@@ -145,7 +145,9 @@ class _SignCountingEvaluator:
 
 def test_sign_sweep_numbers_against_a_hand_computation_on_both_sides():
     """Mean error and loss over λ >= 0 and over λ <= 0 (λ = 0 on both sides), for each ratio r, with
-    the share of sign-consistent entries the directions carry: r of them, the rest half by chance."""
+    the share of sign-consistent entries the directions carry: r of them, the rest half by chance.
+    Mutants killed: swapped sides, a side without λ = 0, the ratio not applied, the scale dropped
+    (the old test checked only the lengths of the arrays)."""
     from landscape.sign_sweep import sign_sweep
 
     gen = torch.Generator().manual_seed(0)

@@ -4,6 +4,9 @@ reaches. The engine-equivalence test compares the engines with each other, so a 
 (in the objective's composition, the optimizer's order of clip/weight-decay/momentum, the fresh
 optimizer per round, the normalisation of the data, the server's mean) survives it; it fails here.
 
+Mutants killed (checked by hand): FedProx's 1/2 changed, the server mean's weights off by 1e-4 (and
+any change to clip/weight-decay/momentum order, which moves the result far beyond 1e-10).
+
 Full batches (train.batch_size above every client's size) make each local epoch one SGD step on
 all of the client's data, whatever order the engines draw it in, so the reference needs none of
 fedsign's batch plan. The clipping norm is small enough to clip every step."""
