@@ -44,6 +44,7 @@ def assert_one_line(err: str, words: list[str]) -> None:
     (["method=nonexistent"], ["method='nonexistent'", "fedavg"]),
     (["partition.alpha=0"], ["partition.alpha=0", "> 0"]),
 ])
+@pytest.mark.slow  # real processes
 def test_subprocess_exit_code_and_one_line(tmp_path, args, words):
     out = tmp_path / "run"
     proc = subprocess.run(cli("sim.main") + args + [f"out={out}"], capture_output=True, text=True,

@@ -14,6 +14,8 @@ import pytest
 from sim.bench import main, merge_reports
 from tests.conftest import ROOT, cli, cli_env
 
+pytestmark = pytest.mark.slow  # times engines, runs other checkouts
+
 TINY = ["--dataset", "digits", "--model", "smallcnn", "--clients", "6", "--per-round", "2", "--epochs", "1",
         "--batch", "32", "--rounds", "2", "--limit-batch", "64", "--limit-steps", "2", "--device", "cpu"]
 

@@ -18,6 +18,8 @@ from sim import campaign
 from sim.main import to_run_config
 from tests.conftest import cli, cli_env
 
+pytestmark = pytest.mark.slow  # runs sim.main processes
+
 LONG = ["train.rounds=100000"]  # a cell that outlasts any budget here
 
 

@@ -12,7 +12,11 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from tests.conftest import ROOT, cli_env
+
+pytestmark = pytest.mark.slow  # imports every module in a new process
 
 PACKAGES = ("fedsign", "strategies", "landscape", "sim")
 

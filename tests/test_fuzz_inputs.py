@@ -45,7 +45,8 @@ WORDS = st.one_of(st.sampled_from(["true", "false", "yes", "", "none", "null", "
                                    "iid", "cohort", "sum", "smooth_l1", "add", "fedrepo"]),
                   st.text(st.characters(codec="ascii", exclude_characters="\n\r'\"\\= ,[]{}()$"), max_size=8))
 VALUES = st.one_of(NUMBERS.map(str), WORDS)
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # flwr-datasets' resampling notes at odd alphas
+pytestmark = [pytest.mark.slow,  # about a thousand inputs
+              pytest.mark.filterwarnings("ignore::UserWarning")]  # flwr-datasets' resampling notes at odd alphas
 
 
 def assert_refused_cleanly(exc: BaseException) -> None:

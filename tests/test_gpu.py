@@ -34,6 +34,8 @@ from sim.gpu_check import plain_loop
 from strategies.registry import METHOD_NAMES
 from tests.conftest import CIFAR10_JPEG
 
+pytestmark = pytest.mark.slow  # many float64 trainings on a CPU; the GPU check runs it on CUDA
+
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 gpu = [pytest.mark.gpu, needs_cuda]

@@ -15,6 +15,8 @@ from sim import bench_report, gpu_check
 from sim.gpu_check import pytest_outcomes
 from tests.conftest import ROOT, cli, cli_env
 
+pytestmark = pytest.mark.slow  # runs the whole check
+
 
 @pytest.fixture(scope="module")
 def quick_check(tmp_path_factory):

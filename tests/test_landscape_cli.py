@@ -156,6 +156,7 @@ def test_hessian_and_valley_report_the_same_loss_at_theta(tmp_path, checkpoints)
     assert hessian["metadata"]["hessian_data"] == "test" and "test" in hessian["metadata"]["data"]
 
 
+@pytest.mark.slow  # a real process
 def test_module_entry_point_end_to_end(tmp_path, checkpoints):
     """`python -m landscape.cli` (= fedsign-landscape) runs a probe; its bad-input exits are end to end in
     tests/test_landscape_options.py."""

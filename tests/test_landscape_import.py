@@ -6,7 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import cli_env
+
+pytestmark = pytest.mark.slow  # a new Python process
 
 
 def test_landscape_imports_no_flwr():

@@ -137,6 +137,7 @@ def test_every_invalid_option_value_is_one_line_and_exit_code_2(checkpoint, tmp_
     assert not out_json.exists() and not out_png.exists()
 
 
+@pytest.mark.slow  # real processes
 @pytest.mark.parametrize("args", [["valley", "CKPT", "--lambdas=0,1,11"], ["valley", "CORRUPTED"]])
 def test_end_to_end_exit_code_2_one_line_no_output(checkpoint, tmp_path, args):
     """A bad option value (refused while parsing) and a corrupted checkpoint (refused while loading)."""

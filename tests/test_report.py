@@ -14,6 +14,8 @@ import pytest
 
 from sim import campaign, report
 
+pytestmark = pytest.mark.slow  # renders figures from ledgers (tens of seconds)
+
 
 def write_record(ledger: Path, cell: campaign.Cell, accuracy: float, flips: float = 0.02,
                  config: dict | None = None) -> None:
