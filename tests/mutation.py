@@ -174,22 +174,23 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [m for m in modules if not any(fnmatch.fnmatch(m, pattern) for pattern in MODULES)]
         if unknown:
             p.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
-        started = datetime.datetime.now(datetime.timezone.utc)
-        found: dict[str, dict] = {}
-        for group, tests in GROUPS:
-            chosen = [g for g in group if any(fnmatch.fnmatch(g, m) or fnmatch.fnmatch(m, g) for m in modules)]
-            if chosen:
-                found |= run_mutmut(chosen, tests, args.children)
-        touched = {m["module"] for m in found.values()}
-        results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        results["runs"].append({
-            "command": "python -m tests.mutation " + " ".join(args.modules), "modules": sorted(touched),
-            "date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.system()})",
-            "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()})
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        for group, tests in GROUPS:  # each group's verdicts are saved as soon as it is done
+            chosen = [g for g in group if any(fnmatch.fnmatch(g, m) or fnmatch.fnmatch(m, g) for m in modules)]
+            if not chosen:
+                continue
+            started = datetime.datetime.now(datetime.timezone.utc)
+            found = run_mutmut(chosen, tests, args.children)
+            touched = {m["module"] for m in found.values()}
+            results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
+            results["runs"].append({
+                "command": "python -m tests.mutation " + " ".join(chosen), "modules": sorted(touched),
+                "date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+                "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.system()})",
+                "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()})
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            DOC.write_text(render(results))
     DOC.write_text(render(results))
     print(DOC.read_text().split("## Surviving")[0])
 
