@@ -74,11 +74,8 @@ def cell(value) -> str:
 
 
 def gpu_command(figure_args: list[str]) -> str:
-    return ("bash .gpu/b/install.sh && mkdir -p /tmp/gpu-data && cp .gpu/data/* /tmp/gpu-data/ && "
-            "export PYTHONPATH=$PWD FLWR_TELEMETRY_ENABLED=0 PYTHONUNBUFFERED=1 FEDSIGN_COMMIT=<commit> && "
-            f"timeout 540 python -m sim.figures {shlex.join(figure_args)} --device cuda --data-root /tmp/gpu-data "
-            "--out /tmp/figs --models /tmp/figmodels 2>&1 | tee $OUT/figures.log; "
-            "tar czf $OUT/figures.tgz -C /tmp figs")
+    return (f"{PROG} {shlex.join(figure_args)} --device cuda \\\n"
+            "       --data-root PATH/TO/cifar10 --out OUT --models OUT/models")
 
 
 def estimate(figure_args: list[str]) -> float:
@@ -153,11 +150,8 @@ def render(records: list[dict]) -> str:
         "",
         "## Full forms on the GPU",
         "",
-        "Stage the wheels and data once here (`bash ../shared/gpu/prepare.sh`, see the GPU notes), then one device",
-        "call with `carry: [\".gpu/b\", \".gpu/data\"]` and `timeout_s: 600` per command below (replace `<commit>`",
-        "with `git rev-parse --short HEAD`). Back here, unpack and add the images to this page:",
-        "`mkdir -p /tmp/gpufigs && tar xzf FILES_AT/figures.tgz -C /tmp/gpufigs && python -m sim.figures gallery "
-        "/tmp/gpufigs/figs`.",
+        "On a machine with a CUDA GPU and CIFAR-10 on disk (commands below; `--plan` prints the estimate of",
+        "any selection). Back here, add the images to this page with `python -m sim.figures gallery OUT`.",
         "",
         f"1. Figs. 3, 4, 5 and the FL valley inside one short budget (~{estimate(GPU_BUDGET) / 60:.0f} min estimated, "
         "plus machine start, install and CIFAR-10 decoding; 20 training epochs and 100 FL rounds instead of 30 "
@@ -168,12 +162,11 @@ def render(records: list[dict]) -> str:
         "   ```",
         "",
         f"2. The same figures in the full setting (30 epochs, Table 1's 200 rounds; ~"
-        f"{estimate(GPU_BUDGET[:4]) / 60:.0f} min estimated: over one 10-minute command, so run it in two, e.g. "
-        "`av-fig3 av-fig4 av-fig5` and `fl-valley`).",
+        f"{estimate(GPU_BUDGET[:4]) / 60:.0f} min estimated), e.g. in two runs: `av-fig3 av-fig4 av-fig5` and "
+        "`fl-valley`.",
         f"3. The other figures (~{estimate(GPU_REST) / 60:.0f} min estimated in all; Fig. 9 alone trains seven "
-        "VGG16-BN models): one device call per group that fits 10 minutes, e.g. `av-fig7`, `av-fig8`, "
-        "`cp-fig8 cp-fig10`, "
-        "with `--plan` first to see the estimate.",
+        "VGG16-BN models), e.g. `av-fig7`, `av-fig8`, `cp-fig8 cp-fig10`, with `--plan` first to see the "
+        "estimate. Models are cached under `--models`, so a later command reuses them.",
         "",
         "## Gallery",
         "",
