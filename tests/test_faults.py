@@ -119,7 +119,8 @@ def test_malformed_metrics_are_rejected_not_raised(flower_ids, metrics, reason):
 
 def test_replies_of_the_wrong_form_are_rejected_and_good_ones_kept(flower_ids):
     """Each check of check_reply on its own: a reply failing exactly one of them is rejected, and a
-    reply at the edge of every one (one example, a metric that is no number) is accepted."""
+    reply at the edge of every one (one example, a metric that is no number) is accepted. Each reason is
+    checked by its text, so a mutant returning `Rejection(None)` from any check fails here."""
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
     from strategies.validation import Update, last_line
@@ -141,6 +142,9 @@ def test_replies_of_the_wrong_form_are_rejected_and_good_ones_kept(flower_ids):
         "wrong keys: missing ['b']": train_reply(sent, {"a": torch.ones(2)}, ok_metrics),
         "unexpected ['c']": train_reply(sent, {**good, "c": torch.ones(1)}, ok_metrics),
         "'a' is torch.float64": train_reply(sent, {**good, "a": torch.ones(2, dtype=torch.float64)}, ok_metrics),
+        "'b' is torch.float32(4,), expected torch.float32(3,)": train_reply(sent, {**good, "b": torch.ones(4)}, ok_metrics),
+        "'a' holds NaN or Inf": train_reply(sent, {**good, "a": torch.tensor([0.0, float("nan")])}, ok_metrics),
+        "'b' holds NaN or Inf": train_reply(sent, {**good, "b": torch.tensor([1.0, float("-inf"), 0.0])}, ok_metrics),
         "model was sent to client 3": train_reply(sent, good, {**ok_metrics, "partition-id": 4}),
     }
     for reason, reply in cases.items():
