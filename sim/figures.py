@@ -42,6 +42,7 @@ from fedsign.data import load_dataset
 from fedsign.devices import resolve_device
 from fedsign.errors import ConfigError, DatasetError, FedsignError
 from fedsign.run_dir import write_atomic
+from landscape.cli import integer, number
 from landscape.result import to_plain
 from sim import figures_hessian as hessian
 from sim import figures_softmax as softmax
@@ -115,28 +116,6 @@ class Parser(argparse.ArgumentParser):
         fail(message)
 
 
-def count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0],
                epilog="Figures: " + ", ".join(FIGURES) + " (or 'all'). Also: fedsign-figures list | gallery DIR ...")
@@ -151,12 +130,12 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-root", default=os.environ.get("FEDSIGN_CIFAR10", ""),
                    help="CIFAR-10 folder for the full forms (default: $FEDSIGN_CIFAR10)")
-    p.add_argument("--seed", type=count(0), default=0, help="seed of training, data subsets and directions")
-    p.add_argument("--epochs", type=count(1), help="central training epochs (default: the form's)")
-    p.add_argument("--rounds", type=count(1), help="FL rounds of fl-valley (default: the form's)")
-    p.add_argument("--gamma", type=non_negative, help="FedSign's gamma in fl-valley (default: the form's)")
-    p.add_argument("--images", type=count(0), help="test images per probe (0 = all; default: the form's)")
-    p.add_argument("--train-images", type=count(0), help="training images for BN statistics, Hessians, mining")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of training, data subsets and directions")
+    p.add_argument("--epochs", type=integer(1), help="central training epochs (default: the form's)")
+    p.add_argument("--rounds", type=integer(1), help="FL rounds of fl-valley (default: the form's)")
+    p.add_argument("--gamma", type=number(0), help="FedSign's gamma in fl-valley (default: the form's)")
+    p.add_argument("--images", type=integer(0), help="test images per probe (0 = all; default: the form's)")
+    p.add_argument("--train-images", type=integer(0), help="training images for BN statistics, Hessians, mining")
     p.add_argument("--plan", action="store_true", help="print what would be trained and computed, with a time "
                                                        "estimate, and stop")
     return p
