@@ -403,6 +403,6 @@ def test_gallery_writes_small_images_and_the_page(made, tmp_path):
         assert f"figures/{name}-quick.png" in page
         png = docs / "figures" / f"{name}-quick.png"
         assert png.is_file() and png.stat().st_size < 300_000
-    assert "QUICK SETTING" in page and "timeout 540 python -m sim.figures av-fig3 av-fig4 av-fig5 fl-valley" in page
+    assert "QUICK SETTING" in page and "fedsign-figures av-fig3 av-fig4 av-fig5 fl-valley --epochs 20 --rounds 100 --device cuda" in page
     summary = json.loads((docs / "figures" / "av-fig3-quick.json").read_text())
     assert "probes" not in summary and summary["summary"]["asymmetry_s1"]
