@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -160,9 +161,10 @@ def timed(fn) -> float:
 def side_by_side(ours, theirs, repeats: int) -> dict:
     """Interleaved repeats (who goes first alternates); medians of each side, and ratio = the median over
     repeats of peer / fedsign within a repeat (> 1: fedsign faster): the two runs of a repeat follow each
-    other, so a shared machine's changing load moves both."""
+    other, so a shared machine's changing load moves both. Rounded up to an even number of repeats, so
+    that each side goes first as often as the other."""
     mine, peer = [], []
-    for r in range(repeats):
+    for r in range(repeats + repeats % 2):
         pair = [(ours, mine), (theirs, peer)]
         for fn, times in (pair if r % 2 == 0 else pair[::-1]):
             times.append(timed(fn))
@@ -211,6 +213,10 @@ def bench_line_plane(case: dict, repeats: int, batch_size: int, points: int, gri
 
 
 def bench_hvp(case: dict, repeats: int, products: int, accuracy: bool) -> dict:
+    """PyHessian's product is the one fedsign computes (a double backward through the first-order graph
+    kept for the batch), so the two differ by overheads of a few percent, less than this machine's noise
+    over a second. Hence each product is timed on its own, the two sides alternating product by product
+    (repeats x products pairs), and the set-up (building the graph) is timed apart."""
     _, pyhessian = peer_modules()
     from pyhessian.utils import hessian_vector_product
 
@@ -219,28 +225,32 @@ def bench_hvp(case: dict, repeats: int, products: int, accuracy: bool) -> dict:
     names = list(theta)
     gen = torch.Generator().manual_seed(0)
     vectors = [torch.randn(sum(t.numel() for t in theta.values()), generator=gen) for _ in range(products)]
-    results = {}
 
-    def ours():
+    def ours_setup() -> HessianOperator:
         op = HessianOperator(model, theta, names, test, batch_size=len(test))
-        results["fedsign"] = [op.hvp(v) for v in vectors]
+        op._first_order_graphs()
+        return op
 
-    def theirs():
+    def theirs_setup():
         model.zero_grad(set_to_none=True)
-        h = pyhessian.hessian(model, nn.CrossEntropyLoss(), data=(test.x, test.y), cuda=False)
-        out = []
-        for v in vectors:
-            parts = [t.view_as(p) for t, p in zip(v.split([p.numel() for p in h.params]), h.params)]
-            out.append(torch.cat([t.reshape(-1) for t in hessian_vector_product(h.gradsH, h.params, parts)]))
-        results["peer"] = out
-        model.zero_grad(set_to_none=True)
+        return pyhessian.hessian(model, nn.CrossEntropyLoss(), data=(test.x, test.y), cuda=False)
 
-    timing = side_by_side(ours, theirs, repeats)
-    for key in ("fedsign_median_s", "peer_median_s"):
-        timing[key.replace("_s", "_per_product_s")] = timing[key] / products
-    diff = max(float((a - b).norm() / b.norm()) for a, b in zip(results["fedsign"], results["peer"]))
-    out = {"hvp": {"products": products, "peer": "pyhessian (graph built once, single batch)",
-                   "max_relative_difference": diff, **timing}}
+    def theirs_product(h, v: torch.Tensor) -> torch.Tensor:
+        parts = [t.view_as(p) for t, p in zip(v.split([p.numel() for p in h.params]), h.params)]
+        return torch.cat([t.reshape(-1) for t in hessian_vector_product(h.gradsH, h.params, parts)])
+
+    setup = side_by_side(ours_setup, theirs_setup, repeats)
+    op, h = ours_setup(), theirs_setup()
+    diff = max(float((op.hvp(v) - theirs_product(h, v)).norm() / theirs_product(h, v).norm()) for v in vectors)
+    mine, peer = itertools.cycle(vectors), itertools.cycle(vectors)
+    timing = side_by_side(lambda: op.hvp(next(mine)), lambda: theirs_product(h, next(peer)), repeats * products)
+    timing["fedsign_median_per_product_s"], timing["peer_median_per_product_s"] = (
+        timing.pop("fedsign_median_s"), timing.pop("peer_median_s"))
+    del timing["fedsign_s"], timing["peer_s"]  # repeats x products of them: the medians and ratio suffice
+    model.zero_grad(set_to_none=True)
+    out = {"hvp": {"products": products, "pairs": repeats * products, "max_relative_difference": diff,
+                   "peer": "pyhessian (graph built once, single batch)", **timing},
+           "hvp_setup": {"peer": "pyhessian.hessian (graph built once, single batch)", **setup}}
     if accuracy:
         out["eigenvalues"] = top_eigenvalue_accuracy(model, theta, test, pyhessian)
     for p in model.parameters():
@@ -303,12 +313,13 @@ def render(report: dict) -> str:
              f"{report['load_average'][0]} before, {report['load_average_after'][0]} after), "
              f"{report['threads']} torch thread, torch {report['torch']}. Times are medians over repeats (peer "
              "and fedsign run back to back in each, who goes first alternating); ratio = the median over "
-             "repeats of peer / fedsign within a repeat (>= 1: fedsign at least as fast).", "",
+             "repeats of peer / fedsign within a repeat (>= 1: fedsign at least as fast); HVPs are timed product by "
+             "product, the two sides alternating.", "",
              "| model (parameters) | data | probe | peer | peer (s) | fedsign (s) | ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:
         data = f"{c['dataset']}: {c['test_images']} test" + (f" + {c['bn_images']} BN" if c["bn_images"] else "")
-        for probe in ("line", "plane", "hvp", "plain_loop"):
+        for probe in ("line", "plane", "hvp", "hvp_setup", "plain_loop"):
             if probe not in c:
                 continue
             r = c[probe]
@@ -316,8 +327,11 @@ def render(report: dict) -> str:
                 what = f"line, {r['points']} points (chunk {r['chunk']}), BN recalibrated the plain way"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
             elif probe == "hvp":
-                what = f"HVP (per product, {r['products']} products)"
+                what = f"HVP (per product: {r['pairs']} pairs, each side alternating, {r['products']} vectors)"
                 peer_s, ours_s = r["peer_median_per_product_s"], r["fedsign_median_per_product_s"]
+            elif probe == "hvp_setup":
+                what = "HVP set-up (loss, gradient and its graph, once)"
+                peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
             else:
                 what = f"{probe}, {r['points']} points (chunk {r['chunk']})"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]

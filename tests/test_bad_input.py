@@ -5,15 +5,17 @@ point in-process (every check happens before Ray starts, so this is safe and fas
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fedsign.checkpoint import checkpoint_metadata, save_checkpoint
+from fedsign.checkpoint import checkpoint_metadata, load_checkpoint, load_metadata, save_checkpoint
 from fedsign.config import RunConfig
-from fedsign.resume import ServerState, save_server_state
+from fedsign.errors import CheckpointError
+from fedsign.resume import ServerState, load_server_state, save_server_state
 from fedsign.run_dir import RunDirectory
 from tests.conftest import cli, cli_env, pickle_bombs
 
@@ -102,10 +104,11 @@ def _killed_run(tmp_path) -> tuple[RunDirectory, RunConfig]:
 
 
 @pytest.mark.parametrize("damage, words", [
-    ("missing", ["no server state", "checkpoint.every"]),
+    ("missing", ["no server state", "a run writes one every checkpoint.every rounds (set checkpoint.every >= 1)"]),
     ("garbage", ["not a readable safetensors checkpoint", "resume.safetensors"]),
     ("pickle", ["not a readable safetensors checkpoint"]),
     ("model_checkpoint", ["not a fedsign server state", "role='server'"]),
+    ("old_format", ["not a fedsign server state", "role='server-state', format='1'; expected"]),
     ("wrong_model", ["do not fit the model", "missing"]),
     ("other_run", ["was saved by a run with model='logreg'", "this run has model='smallcnn'"]),
 ])
@@ -120,6 +123,10 @@ def test_bad_resume_state(monkeypatch, capsys, tmp_path, damage, words):
     elif damage == "model_checkpoint":
         save_checkpoint(run_dir.resume_state, {"w": torch.zeros(3)}, checkpoint_metadata(
             model="smallcnn", dataset="digits", round=1, role="server", method="fedavg", seed=0))
+    elif damage == "old_format":  # a server state of another format (kills: role *and* format wrong to refuse)
+        save_server_state(run_dir, ServerState(1, {}, {}, "abc"), cfg)
+        tensors, meta = load_checkpoint(run_dir.resume_state)
+        save_checkpoint(run_dir.resume_state, tensors, {**meta, "format": "1"})
     elif damage == "wrong_model":  # a logistic regression's weights for the run's smallcnn
         save_server_state(run_dir, ServerState(1, {"linear.weight": torch.zeros(10, 64)}, {}, "abc"), cfg)
     elif damage == "other_run":  # the state of a logreg run, put into this smallcnn run's directory
@@ -137,3 +144,21 @@ def test_resume_refuses_changing_the_experiment(monkeypatch, capsys, tmp_path):
     save_server_state(run_dir, ServerState(1, {}, {}, "abc"), cfg)
     err = run_main(monkeypatch, capsys, [f"resume={run_dir.path}", "train.lr=0.3"])
     assert_one_line(err, ["train.lr=0.3", "cannot change", "train.rounds"])
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"dataset__name": "cifar10"}, "dataset='digits'; this run has dataset='cifar10'"),
+    ({"method__name": "moon"}, "method='fedavg'; this run has method='moon'"),
+    ({"seed": 7}, "seed='0'; this run has seed='7'"),
+])
+def test_server_state_belongs_to_one_experiment(tmp_path, change, words):
+    """The state names its run's model, dataset, method and seed in its metadata, and a run differing in
+    any of them refuses it. Mutants killed: an identity key renamed, its value replaced by None."""
+    run_dir, cfg = _killed_run(tmp_path)
+    save_server_state(run_dir, ServerState(2, {}, {}, "abc"), cfg)
+    meta = load_metadata(run_dir.resume_state)
+    assert {k: meta[k] for k in ("model", "dataset", "method", "seed")} == {
+        "model": cfg.model.name, "dataset": cfg.dataset.name, "method": cfg.method.name, "seed": str(cfg.seed)}
+    assert load_server_state(run_dir, cfg).round == 2
+    with pytest.raises(CheckpointError, match=re.escape(words)):
+        load_server_state(run_dir, cfg.replace(**change))

@@ -94,5 +94,46 @@ def test_metadata_that_does_not_match_the_weights(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit the model"):
         model_from_checkpoint(path)
     _, path = _save(tmp_path, "smallcnn", model="resnet99")
-    with pytest.raises(CheckpointError, match="unknown model 'resnet99'"):
+    with pytest.raises(CheckpointError, match=r"unknown model 'resnet99' \(known: vgg8, vgg8_bn, vgg11, "):
         model_from_checkpoint(path)
+
+
+def test_metadata_holds_every_documented_key_with_its_value():
+    """The metadata contract (fedsign/checkpoint.py's docstring). Mutants killed: a renamed key, a
+    value replaced by None, a default client id or pan tag other than ''."""
+    server = checkpoint_metadata(model="vgg8", dataset="cifar10", round=4, role="server", method="moon", seed=3)
+    assert server == {"model": "vgg8", "dataset": "cifar10", "num_classes": "10", "round": "4", "role": "server",
+                      "client_id": "", "method": "moon", "seed": "3", "pan": ""}
+    client = checkpoint_metadata(model="vgg8", dataset="cifar10", round=4, role="client", method="fedpan", seed=3,
+                                 client_id=17, pan=PanSpec("add", 4, 0.25), run_stamp=12.5)
+    assert client["client_id"] == "17" and client["pan"] == "add:4:0.25" and client["run_stamp"] == "12.5"
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"model": ""}, r"lacks the metadata \['model'\] needed to rebuild"),
+    ({"dataset": "mnist9"}, r"unknown dataset 'mnist9' \(known: cifar10, cinic10, digits\)"),
+    ({"num_classes": "100"}, r"num_classes=100 does not match digits"),
+    ({"pan": "bogus"}, r"cannot rebuild its model: "),
+])
+def test_metadata_that_cannot_rebuild_the_model_is_named(tmp_path, meta, words):
+    """Each refusal of model_from_checkpoint says what is wrong. Mutants killed: the missing-keys check
+    dropped, any message replaced by None, the wrong metadata key read for the message."""
+    _, path = _save(tmp_path, "smallcnn")
+    tensors, metadata = load_checkpoint(path)
+    save_checkpoint(path, tensors, {**metadata, **meta})
+    with pytest.raises(CheckpointError, match=words):
+        model_from_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_name_the_file_and_a_missing_pan_tag_is_no_mask(tmp_path):
+    """Mutants killed: load_exchanged not told the file's name; the default of a missing 'pan' tag."""
+    _, path = _save(tmp_path, "smallcnn", model="logreg")
+    with pytest.raises(CheckpointError, match=rf"checkpoint '{path}' do not fit the model"):
+        model_from_checkpoint(path)
+    model, path = _save(tmp_path, "smallcnn")
+    tensors, meta = load_checkpoint(path)
+    del meta["pan"]  # written by a version before FedPAN's tag
+    save_checkpoint(path, tensors, meta)
+    rebuilt, _ = model_from_checkpoint(path, device="meta")  # the device asked for (meta: no GPU needed)
+    assert all(p.device.type == "meta" for p in rebuilt.parameters())
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())

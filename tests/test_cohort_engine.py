@@ -61,6 +61,7 @@ def test_groups_follow_batch_sizes():
     assert groups_at(plans, 0) == [[0, 1, 2]] and groups_at(plans, 1) == [[0, 2]] and groups_at(plans, 2) == []
 
 
+@pytest.mark.slow  # loads the CIFAR-10 copy: about 24 s on 2 cores
 @needs_cifar10
 def test_augmented_cifar10_clients_train_alike_in_both_engines(one_thread, float64):
     data = load_dataset(DatasetConfig("cifar10", str(CIFAR10_JPEG)))

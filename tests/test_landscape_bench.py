@@ -23,8 +23,9 @@ def test_docs_section_is_regenerated_between_its_markers(tmp_path):
     timing = {"fedsign_median_s": 1.0, "peer_median_s": 2.0, "ratio": 2.0, "chunk": 1}
     case = {"model": "m", "dataset": "digits", "test_images": 10, "bn_images": 0, "parameters": 5,
             "line": {"points": 41, "peer": "p", **timing}, "plane": {"points": 441, "peer": "p", **timing},
-            "hvp": {"products": 2, "peer": "q", "max_relative_difference": 0.0, "fedsign_median_per_product_s": 0.5,
-                    "peer_median_per_product_s": 1.0, **timing}}
+            "hvp": {"products": 2, "pairs": 4, "peer": "q", "max_relative_difference": 0.0, "ratio": 2.0,
+                    "fedsign_median_per_product_s": 0.5, "peer_median_per_product_s": 1.0},
+            "hvp_setup": {"peer": "q", **timing}}
     report = {"date": "d", "commit": "c", "command": "cmd", "cpu": "x", "cores": 2, "load_average": [1.0],
               "load_average_after": [1.0], "threads": 1, "torch": "t", "cases": [case]}
     docs = tmp_path / "landscape.md"
@@ -33,3 +34,4 @@ def test_docs_section_is_regenerated_between_its_markers(tmp_path):
     text = docs.read_text()
     assert text.startswith("before\n") and text.endswith("\nafter\n") and "old" not in text
     assert text.count(BEGIN) == 1 and "| 2.00x |" in text and render(report) in text
+    assert "HVP (per product: 4 pairs" in text and "| 1 | 0.5 | 2.00x |" in text and "HVP set-up" in text
