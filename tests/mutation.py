@@ -68,6 +68,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "how many key names the rejection message lists",
     ("strategies/validation.py", "check_reply",
      "return Update(client_id, {k: v.to(None) for k, v in tensors.items()}, int(num), scalars)"): ON_CPU,
+    **{("fedsign/checkpoint.py", function, f'with safe_open(str(path), framework="pt", {device}) as handle:'):
+       "safetensors' safe_open reads onto the CPU when no device (or None) is given, as device='cpu' does"
+       for function in ("load_checkpoint", "load_metadata") for device in ("", "device=None")},
+    **{("fedsign/checkpoint.py", "model_from_checkpoint",
+        f'model = build_model(meta["model"], spec, PanSpec.from_tag(meta.get("pan", {default})))'):
+       "PanSpec.from_tag gives None (no mask) for None as for ''" for default in ("None", "")},
 }
 
 

@@ -14,8 +14,8 @@ import torch
 
 from fedsign.checkpoint import checkpoint_metadata, load_checkpoint, load_metadata, save_checkpoint
 from fedsign.config import RunConfig
-from fedsign.errors import CheckpointError
-from fedsign.resume import ServerState, load_server_state, save_server_state
+from fedsign.errors import CheckpointError, ConfigError
+from fedsign.resume import RESUMABLE_KEYS, ServerState, load_server_state, resumed_config, save_server_state
 from fedsign.run_dir import RunDirectory
 from tests.conftest import cli, cli_env, pickle_bombs
 
@@ -162,3 +162,46 @@ def test_server_state_belongs_to_one_experiment(tmp_path, change, words):
     assert load_server_state(run_dir, cfg).round == 2
     with pytest.raises(CheckpointError, match=re.escape(words)):
         load_server_state(run_dir, cfg.replace(**change))
+
+
+def test_server_state_round_trip_and_damage(tmp_path):
+    """Every field of the state comes back; two differing identity keys are both named; damaged metadata
+    is a CheckpointError. Mutants killed: a field not restored (window), the separators of the message,
+    the damage message replaced by None."""
+    run_dir, cfg = _killed_run(tmp_path)
+    state = ServerState(3, {"linear.weight": torch.ones(2, 2)}, {"h/linear.weight": torch.full((2, 2), 0.5)}, "s1",
+                        window={"rows": [1, 2]}, elapsed=4.25)
+    save_server_state(run_dir, state, cfg)
+    back = load_server_state(run_dir, cfg)
+    assert (back.round, back.run_stamp, back.window, back.elapsed) == (3, "s1", {"rows": [1, 2]}, 4.25)
+    assert torch.equal(back.global_state["linear.weight"], torch.ones(2, 2))
+    assert list(back.strategy_state) == ["h/linear.weight"] and float(back.strategy_state["h/linear.weight"][0, 0]) == 0.5
+    with pytest.raises(CheckpointError, match=re.escape("method='fedavg', seed='0'; this run has method='moon', seed='7'")):
+        load_server_state(run_dir, cfg.replace(method__name="moon", seed=7))
+    tensors, meta = load_checkpoint(run_dir.resume_state)
+    save_checkpoint(run_dir.resume_state, tensors, {**meta, "round": "three"})
+    with pytest.raises(CheckpointError, match="has damaged metadata"):
+        load_server_state(run_dir, cfg)
+
+
+def test_resumed_config_refusals_and_its_directory(tmp_path, monkeypatch):
+    """resumed_config: each refusal says why; a resumed run's out and resume are the run directory,
+    resolved. Mutants killed: messages replaced by None, the list separators and lengths, out or resume
+    not set to the directory."""
+    run_dir, cfg = _killed_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    resumed = resumed_config(cfg.replace(resume="killed/../killed", out=""))
+    assert resumed.out == resumed.resume == str(run_dir.path.resolve()) and resumed.train.rounds == 4
+    with pytest.raises(ConfigError, match=r"is not a run directory \(it has no config.yaml\)"):
+        resumed_config(cfg.replace(resume=str(tmp_path)))
+    with pytest.raises(ConfigError, match="differs from resume="):
+        resumed_config(cfg.replace(resume=str(run_dir.path), out=str(tmp_path / "elsewhere")))
+    only = "only " + ", ".join(RESUMABLE_KEYS[:-2]) + " may"
+    five = {"train__lr": 0.3, "train__batch_size": 8, "train__local_epochs": 2, "seed": 5, "partition__alpha": 0.1}
+    with pytest.raises(ConfigError) as refused:
+        resumed_config(cfg.replace(resume=str(run_dir.path), **five))
+    message = str(refused.value)
+    assert message.endswith(only) and message.count("(the run has ") == 4 and "), " in message
+    (run_dir.path / "config.yaml").write_text("train.lr: -1\n")
+    with pytest.raises(ConfigError, match="its config.yaml is not valid"):
+        resumed_config(cfg.replace(resume=str(run_dir.path)))
