@@ -313,8 +313,7 @@ def render(report: dict) -> str:
              f"{report['load_average'][0]} before, {report['load_average_after'][0]} after), "
              f"{report['threads']} torch thread, torch {report['torch']}. Times are medians over repeats (peer "
              "and fedsign run back to back in each, who goes first alternating); ratio = the median over "
-             "repeats of peer / fedsign within a repeat (>= 1: fedsign at least as fast); HVPs are timed product by "
-             "product, the two sides alternating.", "",
+             "repeats of peer / fedsign within a repeat (>= 1: fedsign at least as fast).", "",
              "| model (parameters) | data | probe | peer | peer (s) | fedsign (s) | ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:
@@ -327,7 +326,8 @@ def render(report: dict) -> str:
                 what = f"line, {r['points']} points (chunk {r['chunk']}), BN recalibrated the plain way"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
             elif probe == "hvp":
-                what = f"HVP (per product: {r['pairs']} pairs, each side alternating, {r['products']} vectors)"
+                what = (f"HVP (per product: {r['pairs']} pairs, each side alternating, {r['products']} vectors)"
+                        if "pairs" in r else f"HVP (per product, {r['products']} products)")  # runs before 2026-12-02
                 peer_s, ours_s = r["peer_median_per_product_s"], r["fedsign_median_per_product_s"]
             elif probe == "hvp_setup":
                 what = "HVP set-up (loss, gradient and its graph, once)"
