@@ -104,7 +104,7 @@ class FederatedStrategy:
         if len(outcome.updates) < self.min_replies:
             return outcome
         weights = [float(u.num_examples) if self.weighted else 1.0 for u in outcome.updates]
-        outcome.new_global = self.aggregate(server_round, self._sent, outcome.updates, weights)
+        outcome.new_global = self.aggregate(self._sent, outcome.updates, weights)
         flips = [sign_change_fraction(self._sent, u.tensors, self.param_keys) for u in outcome.updates]
         outcome.metrics["sign_flip_fraction"] = sum(flips) / len(flips)
         for name, key in (("train_loss", "train_loss"), ("train_ce", "ce_loss")):
@@ -114,8 +114,7 @@ class FederatedStrategy:
         return outcome
 
     # ---- what methods override ----
-    def aggregate(self, server_round: int, global_tensors: Tensors, updates: list[Update],
-                  weights: list[float]) -> Tensors:
+    def aggregate(self, global_tensors: Tensors, updates: list[Update], weights: list[float]) -> Tensors:
         """Algorithm 1: the (weighted) mean of the clients' models."""
         return weighted_mean([u.tensors for u in updates], weights)
 

@@ -57,8 +57,7 @@ class FedDynStrategy(FederatedStrategy):
         super().__init__(method, **kwargs)
         self.h: Tensors = {}
 
-    def aggregate(self, server_round: int, global_tensors: Tensors, updates: list[Update],
-                  weights: list[float]) -> Tensors:
+    def aggregate(self, global_tensors: Tensors, updates: list[Update], weights: list[float]) -> Tensors:
         mean = weighted_mean([u.tensors for u in updates], weights)
         if self.method.variant == "fedrepo":
             c = self.clients_per_round / self.num_clients

@@ -68,6 +68,17 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "how many key names the rejection message lists",
     ("strategies/validation.py", "check_reply",
      "return Update(client_id, {k: v.to(None) for k, v in tensors.items()}, int(num), scalars)"): ON_CPU,
+    ("strategies/sampling.py", "sample_clients",
+     "return sorted(int(c) for c in rng.choice(np.asarray(clients), size=min(per_round, len(clients)), replace=None))"):
+        "numpy's choice reads `replace` as a truth value, and None is false like False",
+    ("strategies/sampling.py", "client_seed",
+     "return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)[0])"):
+        "SeedSequence.generate_state(n) is a prefix of one stream: its first word is the same for any n",
+    ("strategies/base.py", "FederatedStrategy.__init__", "self._sent: Tensors = None  # this round's global model"):
+        "read only for a reply to one of the round's messages, which configure_train sets together with it",
+    ("strategies/base.py", "FederatedStrategy.aggregate_train",
+     "weights = [float(u.num_examples) if self.weighted else 2.0 for u in outcome.updates]"):
+        "unweighted, every client has the same weight, and the mean divides by their sum (2/2k = 1/k exactly)",
     **{("fedsign/checkpoint.py", function, f'with safe_open(str(path), framework="pt", {device}) as handle:'):
        "safetensors' safe_open reads onto the CPU when no device (or None) is given, as device='cpu' does"
        for function in ("load_checkpoint", "load_metadata") for device in ("", "device=None")},

@@ -1,9 +1,11 @@
-"""FedAvg end to end: the server's mean equals a hand computation; a real Flower simulation writes a
+"""FedAvg end to end: the server's mean equals a hand computation, whatever replies arrive; the
+client draw and per-client seeds repeat from (seed, round); a real Flower simulation writes a
 complete run directory whose checkpoint reloads to the reported accuracy."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -17,7 +19,11 @@ from fedsign.data import load_dataset
 from fedsign.evaluation import evaluate
 from strategies.base import MethodConfig
 from strategies.fedavg import FedAvgStrategy
-from tests.conftest import cli, cli_env, pushed, train_reply
+from strategies.fedsign import FedSignStrategy
+from strategies.registry import METHOD_NAMES, get_method
+from strategies.sampling import client_seed, sample_clients
+from strategies.sign_metrics import sign_change_fraction
+from tests.conftest import cli, cli_env, pushed, train_message, train_reply
 
 
 def _strategy(weighted):
@@ -33,9 +39,9 @@ def test_aggregation_is_the_hand_computed_mean(flower_ids, weighted):
     assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13]
     clients = [{"w": torch.tensor([[2.0, -1.0], [0.5, 1.0]]), "b": torch.tensor([0.2, -0.1])},
                {"w": torch.tensor([[0.0, -3.0], [-0.5, 2.0]]), "b": torch.tensor([0.0, 0.3])},
-               {"w": torch.tensor([[4.0, 2.0], [0.5, -1.0]]), "b": torch.tensor([-0.1, -0.1])}]
+               {"w": torch.tensor([[4.0, 2.0], [0.5, -1.0]]), "b": torch.tensor([0.2, -0.2])}]
     sizes = [10, 30, 60]
-    replies = [train_reply(m, c, {"num-examples": n, "train_loss": float(i), "partition-id": i})
+    replies = [train_reply(m, c, {"num-examples": n, "train_loss": float(i), "ce_loss": 2.0 * i, "partition-id": i})
                for i, (m, c, n) in enumerate(zip(messages, clients, sizes))]
     outcome = strategy.aggregate_train(1, replies)
     metrics = outcome.metrics
@@ -43,10 +49,76 @@ def test_aggregation_is_the_hand_computed_mean(flower_ids, weighted):
     for key in ("w", "b"):
         expected = sum(w * c[key] for w, c in zip(weights, clients))
         assert torch.allclose(outcome.new_global[key], expected, atol=1e-6)
-    assert metrics["train_loss"] == pytest.approx(1.0) and metrics["rejected_updates"] == 0
-    # sign flips per client vs the global model sent: 1/6, 2/6 ('b' 0.3 vs -0.1 + 'w' -0.5), 3/6
-    flips = [sum(int((torch.sign(glob[k]) != torch.sign(c[k])).sum()) for k in glob) / 6 for c in clients]
-    assert metrics["sign_flip_fraction"] == pytest.approx(sum(flips) / 3)
+    assert metrics["train_loss"] == pytest.approx(1.0) and metrics["train_ce"] == pytest.approx(2.0)
+    assert {k: v for k, v in metrics.items() if k not in ("train_loss", "train_ce", "sign_flip_fraction")} == {
+        "rejected_updates": 0, "missing_replies": 0, "clients": 3}
+    # entries whose sign (-1, 0, +1) differs from the global model sent, of 6, counted by hand:
+    # client 0: w 0 -> 1; client 1: w 1 -> 0, 0.5 -> -0.5, 0 -> 2, b 0.1 -> 0, -0.1 -> 0.3; client 2: w -2 -> 2,
+    # 0 -> -1. Mean 8/18 (a count of equal signs would give 10/18)
+    assert metrics["sign_flip_fraction"] == pytest.approx((1 + 5 + 2) / 18)
+
+
+def test_stray_duplicate_unreachable_and_bad_replies_each_handled_in_any_order(flower_ids, caplog):
+    """Within one round's replies: one to a message of no round is ignored with a warning, a second
+    reply of a client is ignored (its first counts), Flower's "node unavailable" reply counts as
+    missing, a bad update is rejected with its reason; every other reply is still used, and one valid
+    reply is enough at the default min_replies (the mean of one model is that model)."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    strategy = FedAvgStrategy(MethodConfig(), nodes={0: 11, 1: 12, 2: 13}, clients_per_round=3, seed=0,
+                              param_keys=["w"])
+    assert strategy.aggregate_train(1, []).new_global is None  # no round configured yet: nothing to aggregate
+    glob = {"w": torch.tensor([1.0, -1.0])}
+    to_0, to_1, to_2 = pushed(strategy.configure_train(1, glob, ConfigRecord({})))
+    first = {"w": torch.tensor([2.0, 0.5])}
+    ok = {"num-examples": 5, "partition-id": 1, "train_loss": 0.25}
+    replies = [train_reply(train_message(99), first, {**ok, "partition-id": 7}),  # a message of no round
+               Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node 11 is gone"), reply_to=to_0),
+               train_reply(to_1, first, ok),
+               train_reply(to_1, {"w": torch.tensor([9.0, 9.0])}, ok),  # the same client again
+               train_reply(to_2, {"w": torch.tensor([float("inf"), 0.0])}, {**ok, "partition-id": 2})]
+    with caplog.at_level(logging.WARNING, logger="fedsign"):
+        outcome = strategy.aggregate_train(1, replies)
+    assert (outcome.sampled, outcome.missing, outcome.rejected) == ([0, 1, 2], [0], {2: "'w' holds NaN or Inf values"})
+    assert [u.client_id for u in outcome.updates] == [1] and torch.equal(outcome.new_global["w"], first["w"])
+    assert outcome.metrics == {"rejected_updates": 1, "missing_replies": 1, "clients": 1,
+                               "sign_flip_fraction": 0.5, "train_loss": 0.25}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["round 1: ignored a reply to no message of this round (from node 99)",
+                        "round 1: ignored a reply to no message of this round (from node 12)",
+                        "round 1: rejected the update of client 2 (node 13): 'w' holds NaN or Inf values"]
+
+
+def test_client_draws_and_seeds_repeat_from_seed_and_round():
+    """A resumed run draws the same clients and seeds as the first (stateless in (seed, round)), and
+    different rounds, seeds and clients get different ones."""
+    clients = list(range(10))
+    draws = {r: sample_clients(clients, 3, 5, r) for r in range(1, 21)}
+    assert all(sample_clients(clients, 3, 5, r) == draws[r] for r in draws)
+    assert all(len(set(d)) == 3 and d == sorted(d) and set(d) <= set(clients) for d in draws.values())
+    assert len({tuple(d) for d in draws.values()}) > 10  # 120 possible draws
+    assert [sample_clients(clients, 3, s, 1) for s in range(5)] != [draws[1]] * 5
+    assert sample_clients([4, 7], 5, 0, 1) == [4, 7]  # fewer clients than per_round: all of them
+    seeds = {(s, r, c): client_seed(s, r, c) for s in range(2) for r in range(1, 3) for c in range(3)}
+    assert all(client_seed(*key) == value for key, value in seeds.items()) and len(set(seeds.values())) == len(seeds)
+
+
+def test_sign_change_fraction_counts_by_hand():
+    before = {"a": torch.tensor([1.0, -1.0, 0.0]), "b": torch.tensor([2.0])}
+    after = {"a": torch.tensor([1.0, 1.0, 0.0]), "b": torch.tensor([-2.0])}
+    assert sign_change_fraction(before, after, ["b"]) == 1.0  # one entry of one
+    assert sign_change_fraction(before, after, ["a", "b"]) == 0.5  # -1 -> 1 and 2 -> -2, of four
+    assert sign_change_fraction(before, {"a": torch.tensor([3.0, -0.5, 0.0])}, ["a"]) == 0.0
+    assert sign_change_fraction(before, {"a": torch.tensor([0.0, 0.0, 1.0])}, ["a"]) == 1.0  # 0 is a sign
+
+
+def test_an_unknown_method_name_lists_the_accepted_ones():
+    assert get_method("fedsign").strategy is FedSignStrategy
+    with pytest.raises(KeyError) as caught:
+        get_method("fedsgd")
+    assert caught.value.args[0] == f"unknown method 'fedsgd'; accepted: {', '.join(METHOD_NAMES)}"
+    assert ", ".join(METHOD_NAMES) == "fedavg, fedprox, moon, feddyn, fedpan, fedsign"
 
 
 @pytest.mark.slow
