@@ -213,10 +213,11 @@ def bench_line_plane(case: dict, repeats: int, batch_size: int, points: int, gri
 
 
 def bench_hvp(case: dict, repeats: int, products: int, accuracy: bool) -> dict:
-    """PyHessian's product is the one fedsign computes (a double backward through the first-order graph
-    kept for the batch), so the two differ by overheads of a few percent, less than this machine's noise
-    over a second. Hence each product is timed on its own, the two sides alternating product by product
-    (repeats x products pairs), and the set-up (building the graph) is timed apart."""
+    """Each of fedsign's reusing product modes against PyHessian's product (a double backward through
+    the first-order graph kept for its batch, which fedsign's "graph" mode also computes). They differ by
+    a few percent, less than this machine's noise over a second, so each product is timed on its own,
+    the two sides alternating product by product (repeats x products pairs), and the set-up (the graph,
+    or the linearized gradient) is timed apart."""
     _, pyhessian = peer_modules()
     from pyhessian.utils import hessian_vector_product
 
@@ -226,11 +227,6 @@ def bench_hvp(case: dict, repeats: int, products: int, accuracy: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
     vectors = [torch.randn(sum(t.numel() for t in theta.values()), generator=gen) for _ in range(products)]
 
-    def ours_setup() -> HessianOperator:
-        op = HessianOperator(model, theta, names, test, batch_size=len(test))
-        op._first_order_graphs()
-        return op
-
     def theirs_setup():
         model.zero_grad(set_to_none=True)
         return pyhessian.hessian(model, nn.CrossEntropyLoss(), data=(test.x, test.y), cuda=False)
@@ -239,18 +235,25 @@ def bench_hvp(case: dict, repeats: int, products: int, accuracy: bool) -> dict:
         parts = [t.view_as(p) for t, p in zip(v.split([p.numel() for p in h.params]), h.params)]
         return torch.cat([t.reshape(-1) for t in hessian_vector_product(h.gradsH, h.params, parts)])
 
-    setup = side_by_side(ours_setup, theirs_setup, repeats)
-    op, h = ours_setup(), theirs_setup()
-    diff = max(float((op.hvp(v) - peer_hv).norm() / peer_hv.norm())
-               for v, peer_hv in ((v, theirs_product(h, v)) for v in vectors))
-    mine, peer = itertools.cycle(vectors), itertools.cycle(vectors)
-    timing = side_by_side(lambda: op.hvp(next(mine)), lambda: theirs_product(h, next(peer)), repeats * products)
-    model.zero_grad(set_to_none=True)
-    out = {"hvp": {"products": products, "pairs": repeats * products, "max_relative_difference": diff,
-                   "peer": "pyhessian (graph built once, single batch)", "ratio": timing["ratio"],
-                   "fedsign_median_per_product_s": timing["fedsign_median_s"],  # the medians and ratio of
-                   "peer_median_per_product_s": timing["peer_median_s"]},      # repeats x products pairs
-           "hvp_setup": {"peer": "pyhessian.hessian (graph built once, single batch)", **setup}}
+    out = {}
+    for mode, key in (("linearize", "hvp"), ("graph", "hvp_graph")):
+        def ours_setup(mode=mode) -> HessianOperator:
+            op = HessianOperator(model, theta, names, test, batch_size=len(test), hvp=mode)
+            op.prepare()
+            return op
+
+        setup = side_by_side(ours_setup, theirs_setup, repeats)
+        op, h = ours_setup(), theirs_setup()
+        peer_products = [theirs_product(h, v) for v in vectors]
+        diff = max(float((op.hvp(v) - peer_hv).norm() / peer_hv.norm()) for v, peer_hv in zip(vectors, peer_products))
+        mine, peer = itertools.cycle(vectors), itertools.cycle(vectors)
+        timing = side_by_side(lambda: op.hvp(next(mine)), lambda: theirs_product(h, next(peer)), repeats * products)
+        model.zero_grad(set_to_none=True)
+        out[key] = {"mode": mode, "products": products, "pairs": repeats * products, "max_relative_difference": diff,
+                    "peer": "pyhessian (graph built once, single batch)", "ratio": timing["ratio"],
+                    "fedsign_median_per_product_s": timing["fedsign_median_s"],  # the medians and ratio of
+                    "peer_median_per_product_s": timing["peer_median_s"]}      # repeats x products pairs
+        out[f"{key}_setup"] = {"mode": mode, "peer": "pyhessian.hessian (graph built once, single batch)", **setup}
     if accuracy:
         out["eigenvalues"] = top_eigenvalue_accuracy(model, theta, test, pyhessian)
     for p in model.parameters():
@@ -318,29 +321,37 @@ def render(report: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:
         data = f"{c['dataset']}: {c['test_images']} test" + (f" + {c['bn_images']} BN" if c["bn_images"] else "")
-        for probe in ("line", "plane", "hvp", "hvp_setup", "plain_loop"):
+        for probe in ("line", "plane", "hvp", "hvp_setup", "hvp_graph", "hvp_graph_setup", "plain_loop"):
             if probe not in c:
                 continue
             r = c[probe]
+            mode = r.get("mode", "graph")  # runs before 2026-12-02 had only the graph mode
             if probe == "plain_loop":
                 what = f"line, {r['points']} points (chunk {r['chunk']}), BN recalibrated the plain way"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
-            elif probe == "hvp":
-                what = (f"HVP (per product: {r['pairs']} pairs, each side alternating, {r['products']} vectors)"
-                        if "pairs" in r else f"HVP (per product, {r['products']} products)")  # runs before 2026-12-02
+            elif probe in ("hvp", "hvp_graph"):
+                what = (f"HVP, `{mode}` (per product: {r['pairs']} pairs, each side alternating, {r['products']} "
+                        "vectors)" if "pairs" in r else f"HVP (per product, {r['products']} products)")
                 peer_s, ours_s = r["peer_median_per_product_s"], r["fedsign_median_per_product_s"]
-            elif probe == "hvp_setup":
-                what = "HVP set-up (loss, gradient and its graph, once)"
+            elif probe.endswith("_setup"):
+                what = f"HVP set-up, `{mode}` (" + ("the gradient linearized" if mode == "linearize" else
+                                                   "the gradient and its graph") + ", once per batch)"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
             else:
                 what = f"{probe}, {r['points']} points (chunk {r['chunk']})"
                 peer_s, ours_s = r["peer_median_s"], r["fedsign_median_s"]
             lines.append(f"| {c['model']} ({c['parameters']:,}) | {data} | {what} | `{r['peer']}` | "
                          f"{peer_s:.4g} | {ours_s:.4g} | {r['ratio']:.2f}x |")
+    linearized = [break_even(c) for c in report["cases"] if c.get("hvp", {}).get("mode") == "linearize"]
+    if linearized:
+        lines += ["", "`linearize` (the default product) traces each batch's gradient once, a longer set-up than "
+                  "PyHessian's graph, which its cheaper products pay back, " + "; ".join(linearized) + "."]
     lines += ["", "Accuracy of the Hessian (top-3 eigenvalues against a float64 reference; HVPs against "
               "PyHessian's on the same vectors):", ""]
     for c in report["cases"]:
-        hvp = f"HVPs differ from PyHessian's by at most {c['hvp']['max_relative_difference']:.1e} (relative)"
+        hvp = "HVPs differ from PyHessian's by at most " + ", ".join(
+            f"{c[k]['max_relative_difference']:.1e} (`{c[k].get('mode', 'graph')}`)" for k in ("hvp", "hvp_graph")
+            if k in c) + " (relative)"
         if "eigenvalues" in c:
             e = c["eigenvalues"]
             lines.append(f"- {c['model']}: fedsign {e['fedsign_max_relative_error']:.1e}, PyHessian (power "
@@ -349,6 +360,16 @@ def render(report: dict) -> str:
             lines.append(f"- {c['model']}: {hvp}.")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def break_even(case: dict) -> str:
+    """When the linearized products have paid back their longer set-up, against PyHessian's."""
+    product, setup = case.get("hvp", {}), case.get("hvp_setup", {})
+    saved = product["peer_median_per_product_s"] - product["fedsign_median_per_product_s"]
+    extra = setup["fedsign_median_s"] - setup["peer_median_s"]
+    if saved <= 0:
+        return f"{case['model']}: no time saved per product"
+    return f"{case['model']}: after {max(0.0, extra / saved):.0f} products"
 
 
 def write_docs(report: dict, docs: Path) -> Path:

@@ -26,8 +26,8 @@ from landscape.directions import (COMMON_NOISES, DEFAULT_FILTER_1D, FILTER_1D, S
                                   sign_ratio_direction, special_direction)
 from landscape.evaluator import Evaluator
 from landscape.groups import group_names
-from landscape.hessian import (TRACE_PROBES, HessianOperator, check_options, eigenpairs, eigenvector_direction,
-                               hessian)
+from landscape.hessian import (HVP_MODES, TRACE_PROBES, HessianOperator, check_options, eigenpairs,
+                               eigenvector_direction, hessian)
 from landscape.interp import interpolate, soups
 from landscape.mine import ALGORITHMS, mine
 from landscape.plots import FORMATS, plot
@@ -209,8 +209,9 @@ def build_parser() -> Parser:
     p.add_argument("--slq-steps", type=integer(1), default=30)
     p.add_argument("--maxiter", type=integer(1), default=20,
                    help="ARPACK restarts per eigsh call (unconverged pairs are left out, with a warning)")
-    p.add_argument("--recompute-graph", action="store_true",
-                   help="recompute the first-order graph at every Hessian-vector product (less memory, slower)")
+    p.add_argument("--hvp", default="linearize", choices=HVP_MODES,
+                   help="Hessian-vector products: linearize (the gradient traced once per batch; the cheapest product), graph "
+                        "(double backward through the kept first-order graph, as PyHessian), recompute (least memory)")
     p.add_argument("--save-vectors", help="write the top eigenvectors as a direction file (safetensors)")
 
     p = sub.add_parser("mine", help="mine w-peak (Alg. 1) or vvv-basin (Alg. 2) directions")
@@ -446,12 +447,12 @@ def _dispatch(args, ctx, evaluator, theta, names, meta, others, init) -> ProbeRe
                        metadata={**meta, "dir1": d1.noise, "dir2": d2.noise, "sign_consistent": sign})
     if args.probe == "hessian":
         data, buffers = hessian_inputs(args, ctx, evaluator, theta)
-        meta.update(data=data.description, hessian_data=args.data, graph_reused=not args.recompute_graph)
+        meta.update(data=data.description, hessian_data=args.data, hvp=args.hvp)
         result = hessian(ctx.model, theta, names, data, k=args.k, bottom=not args.no_bottom,
                          trace_samples=args.trace_samples, trace_rtol=args.trace_rtol or None,
                          trace_probe=args.trace_probe, slq_runs=args.slq_runs, slq_steps=args.slq_steps,
                          maxiter=args.maxiter, seed=args.seed, batch_size=args.batch_size, metadata=meta, log=log,
-                         buffers=buffers, reuse_graph=not args.recompute_graph)
+                         buffers=buffers, hvp=args.hvp)
         if args.save_vectors:
             op = result.extra["operator"]
             vectors = {f"top{i + 1}.{n}": t for i in range(result.extra["top_vectors"].shape[1])

@@ -1,7 +1,7 @@
 """Hessian probes on a parameter group (companion paper Sect. 2.4, 3, App. B): Hessian-vector products
-(double backward through a kept first-order graph, or torch.func forward-over-reverse), top and bottom
-eigenpairs with scipy's eigsh on a LinearOperator,
-Hutchinson's trace with its standard error, and the eigenvalue density by stochastic Lanczos quadrature.
+(torch.func.linearize of the gradient, double backward through a kept first-order graph, or
+forward-over-reverse), top and bottom eigenpairs with scipy's eigsh on a LinearOperator, Hutchinson's
+trace with its standard error, and the eigenvalue density by stochastic Lanczos quadrature.
 
 The loss is the mean cross-entropy over a fixed data subset, the model in eval mode (BN uses running
 statistics: the model's, or those given, e.g. recomputed at theta as the other probes do; no dropout);
@@ -11,13 +11,14 @@ parameters outside the group stay fixed.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, linearize
 
 from fedsign.errors import ConfigError
 from landscape.directions import Params
@@ -25,19 +26,28 @@ from landscape.evaluator import ProbeData, probe_mode
 from landscape.result import ProbeResult
 
 
+HVP_MODES = ("linearize", "graph", "recompute")
+
+
 class HessianOperator:
     """v -> H v for the Hessian of the mean loss w.r.t. the flattened parameters `names`;
     `criterion(outputs, y)` is the summed loss of a batch (default: cross-entropy). `buffers` replaces the
     model's buffers (e.g. BN statistics recomputed at theta: Evaluator.buffers_at).
 
-    With reuse_graph (the default), each batch's first-order graph (the gradient with create_graph) is
-    built once and every product is one double-backward pass through it, as PyHessian does for a single
-    batch: the memory of one training step per batch is kept. Without it, every product recomputes
-    forward-over-reverse (torch.func.jvp of grad) batch by batch and keeps nothing."""
+    How a product is computed (`hvp`), batch by batch, each exact to rounding:
+    - "linearize" (default): torch.func.linearize traces the batch's gradient once and keeps its linear
+      map; every product is one forward-mode pass through it (the cheapest product; the trace costs about
+      as much as some tens of products, so it pays off over a probe's hundreds);
+    - "graph": the batch's first-order graph (the gradient with create_graph) is built once and every
+      product is one double-backward pass through it, as PyHessian does for its single batch;
+    - "recompute": forward-over-reverse (torch.func.jvp of grad) at every product; keeps nothing.
+    The first two keep about the memory of one training step per batch."""
 
     def __init__(self, model: nn.Module, params: Params, names: list[str], data: ProbeData,
                  batch_size: int = 500, criterion=None, *, buffers: Params | None = None,
-                 reuse_graph: bool = True) -> None:
+                 hvp: str = "linearize") -> None:
+        if hvp not in HVP_MODES:
+            raise ConfigError(f"Hessian-vector product {hvp!r} is not known; accepted: {', '.join(HVP_MODES)}")
         self.model, self.data, self.batch_size = model, data, batch_size
         self.criterion = criterion or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
         self.names = names
@@ -47,9 +57,9 @@ class HessianOperator:
         self.shapes = [self.group[n].shape for n in names]
         self.sizes = [self.group[n].numel() for n in names]
         self.size = sum(self.sizes)
-        self.reuse_graph = reuse_graph
+        self.mode = hvp
         self.hvp_count = 0
-        self._graphs = None
+        self._prepared = None  # per batch, built at the first product: its linear map, or its kept graph
 
     def flatten(self, params: Params) -> torch.Tensor:
         return torch.cat([params[n].reshape(-1) for n in self.names])
@@ -64,44 +74,48 @@ class HessianOperator:
         with torch.no_grad(), probe_mode(self.model, bn_batch_stats=False):
             return float(sum(self._batch_loss(self.group, x, y) for x, y in self.data.batches(self.batch_size)))
 
-    def _first_order_graphs(self) -> tuple[list[torch.Tensor], list[tuple[list[int], tuple[torch.Tensor, ...]]]]:
-        """Leaves for the group, and per batch the gradient of its loss share with its graph kept (built
-        once); gradients that do not depend on the group (a zero Hessian block) are left out."""
-        if self._graphs is None:
-            leaves = [self.group[n].clone().requires_grad_() for n in self.names]
-            graphs = []
-            with torch.enable_grad(), probe_mode(self.model, bn_batch_stats=False):
-                for x, y in self.data.batches(self.batch_size):
-                    grads = torch.autograd.grad(self._batch_loss(dict(zip(self.names, leaves)), x, y), leaves,
-                                                create_graph=True)
-                    index = [i for i, g in enumerate(grads) if g.requires_grad]
-                    graphs.append((index, tuple(grads[i] for i in index)))
-            self._graphs = (leaves, graphs)
-        return self._graphs
+    def prepare(self) -> None:
+        """Build what the products reuse (nothing for "recompute"); the first product does it if not called."""
+        if self._prepared is not None or self.mode == "recompute":
+            return
+        prepared = []
+        with torch.enable_grad(), probe_mode(self.model, bn_batch_stats=False):
+            for x, y in self.data.batches(self.batch_size):
+                if self.mode == "linearize":  # v -> J_g v = H v, g the batch's gradient (H is symmetric)
+                    with warnings.catch_warnings():  # notes from torch's own tracing machinery, not the user's code
+                        warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node", UserWarning)
+                        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+                        prepared.append(linearize(lambda p, x=x, y=y: grad(self._batch_loss)(p, x, y), self.group)[1])
+                    continue
+                leaves = [self.group[n].clone().requires_grad_() for n in self.names]
+                grads = torch.autograd.grad(self._batch_loss(dict(zip(self.names, leaves)), x, y), leaves,
+                                            create_graph=True)
+                index = [i for i, g in enumerate(grads) if g.requires_grad]  # others: a zero Hessian block
+                prepared.append((leaves, index, tuple(grads[i] for i in index)))
+        self._prepared = prepared
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (v flat, the group's dtype and device), summed over the data batches."""
-        out = None
-        if self.reuse_graph:  # H v = d(g . v)/dtheta through the kept graph of g
-            leaves, graphs = self._first_order_graphs()
-            tangent = [t.view(s) for t, s in zip(v.split(self.sizes), self.shapes)]
-            for index, grads in graphs:
-                if not index:
-                    continue
-                hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangent[i] for i in index],
-                                         retain_graph=True, allow_unused=True)
-                flat = torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
-                                  for h, t in zip(hv, leaves)]).detach()
-                out = flat if out is None else out.add_(flat)
+        self.prepare()
+        tangent = self.unflatten(v)
+        out = torch.zeros(self.size, dtype=v.dtype, device=v.device)
+        if self.mode == "linearize":
+            for linear in self._prepared:
+                out.add_(self.flatten(linear(tangent)))
+        elif self.mode == "graph":  # H v = d(g . v)/dtheta through the kept graph of g
+            for leaves, index, grads in self._prepared:
+                if index:
+                    hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangent[self.names[i]] for i in index],
+                                             retain_graph=True, allow_unused=True)
+                    out.add_(torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
+                                        for h, t in zip(hv, leaves)]).detach())
         else:  # forward-over-reverse, recomputed batch by batch
-            tangent = self.unflatten(v)
             with probe_mode(self.model, bn_batch_stats=False):
                 for x, y in self.data.batches(self.batch_size):
                     g = lambda p: grad(self._batch_loss)(p, x, y)  # noqa: E731
-                    flat = self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach()
-                    out = flat if out is None else out.add_(flat)
+                    out.add_(self.flatten(jvp(g, (self.group,), (tangent,))[1]).detach())
         self.hvp_count += 1
-        return torch.zeros(self.size, dtype=v.dtype, device=v.device) if out is None else out
+        return out
 
     def linear_operator(self) -> LinearOperator:
         ref = next(iter(self.group.values()))
@@ -237,11 +251,11 @@ def hessian(model: nn.Module, params: Params, names: list[str], data: ProbeData,
             bottom: bool = True, trace_samples: int = 100, slq_runs: int = 2, slq_steps: int = 30,
             maxiter: int | None = 20, seed: int = 0, batch_size: int = 500, metadata: dict | None = None,
             log=None, buffers: Params | None = None, trace_rtol: float | None = 0.02,
-            trace_probe: str = "gaussian", reuse_graph: bool = True) -> ProbeResult:
+            trace_probe: str = "gaussian", hvp: str = "linearize") -> ProbeResult:
     """Top (and bottom) k eigenpairs, Hutchinson trace +- stderr (sampled until the stderr is at most
     trace_rtol * |trace|, at most trace_samples vectors), SLQ density; eigenvectors in `extra`.
     Eigenpairs that ARPACK did not converge are missing from the arrays and reported through `log`."""
-    op = HessianOperator(model, params, names, data, batch_size, buffers=buffers, reuse_graph=reuse_graph)
+    op = HessianOperator(model, params, names, data, batch_size, buffers=buffers, hvp=hvp)
     check_options(op.size, k=k, trace_samples=trace_samples, trace_rtol=trace_rtol, trace_probe=trace_probe,
                   slq_runs=slq_runs, slq_steps=slq_steps, maxiter=maxiter)
     say = log or (lambda msg: None)

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from fedsign.data.specs import dataset_spec
+from fedsign.errors import ConfigError
 from fedsign.models import build_model
 from landscape.context import data_subset
 from landscape.evaluator import Evaluator, ProbeData
-from landscape.hessian import HessianOperator, eigenpairs, hutchinson_trace, slq_density
+from landscape.hessian import HVP_MODES, HessianOperator, eigenpairs, hutchinson_trace, slq_density
 
 SPECTRUM = np.array([5.0, 3.0, 1.0, 0.5, -0.5, -2.0])
 
@@ -96,17 +97,20 @@ def test_softmax_eigenvalues_and_trace_match_closed_form(softmax_regression):
     assert abs(trace - np.trace(closed)) <= 4 * stderr
 
 
-@pytest.mark.parametrize("reuse_graph", [True, False])
-def test_both_products_equal_the_dense_hessian(quadratic, reuse_graph):
-    """The kept first-order graph (double backward) and forward-over-reverse give H v exactly (float64)."""
+@pytest.mark.parametrize("hvp", HVP_MODES)
+def test_every_product_equals_the_dense_hessian(quadratic, hvp):
+    """The linearized gradient, the kept first-order graph (double backward) and forward-over-reverse
+    each give H v exactly (float64)."""
     _, q = quadratic
-    op = quadratic_operator(q, reuse_graph=reuse_graph)
+    op = quadratic_operator(q, hvp=hvp)
     dense = q @ np.diag(SPECTRUM) @ q.T
     for seed in range(3):
         v = torch.randn(op.size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         np.testing.assert_allclose(op.hvp(v).numpy(), dense @ v.numpy(), rtol=1e-12, atol=1e-12)
-        op.hvp(v)  # the graph is reused, not consumed
+        op.hvp(v)  # the graph or linear map is reused, not consumed
     assert op.hvp_count == 6
+    with pytest.raises(ConfigError, match="accepted: linearize, graph, recompute"):
+        quadratic_operator(q, hvp="double")
 
 
 def test_hutchinson_stops_at_the_requested_standard_error(quadratic):
