@@ -79,6 +79,24 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("strategies/base.py", "FederatedStrategy.aggregate_train",
      "weights = [float(u.num_examples) if self.weighted else 2.0 for u in outcome.updates]"):
         "unweighted, every client has the same weight, and the mean divides by their sum (2/2k = 1/k exactly)",
+    **{("strategies/moon.py", "contrastive_loss", line):
+       "z is (batch, features) and the logits (batch, 2), per client under vmap too: dim 1 (cosine_similarity's "
+       "default) is dim -1" for line in (
+           "logits = torch.stack([F.cosine_similarity(z, z_glob, ), F.cosine_similarity(z, z_prev, dim=-1)],",
+           "logits = torch.stack([F.cosine_similarity(z, z_glob, dim=+1), F.cosine_similarity(z, z_prev, dim=-1)],",
+           "logits = torch.stack([F.cosine_similarity(z, z_glob, dim=-1), F.cosine_similarity(z, z_prev, )],",
+           "logits = torch.stack([F.cosine_similarity(z, z_glob, dim=-1), F.cosine_similarity(z, z_prev, dim=+1)],",
+           "dim=+1) / tau", "return -torch.log_softmax(logits, dim=+1)[..., 0].mean()")},
+    **{("strategies/fedsign.py", "FedSignObjective.prepare", f"{side} = {{k: (v {op} 0).to(None) for k, v in "
+        "global_params.items()}"): "the mask stays bool, and bool x float multiplies as 0/1 in the float's dtype"
+       for side, op in (("positive", ">"), ("negative", "<"))},
+    ("strategies/feddyn.py", "FedDynStrategy.aggregate",
+     "h = self.h[key].to(None) if key in self.h else torch.zeros_like(g)"): ON_CPU,
+    **{("strategies/functional.py", function, line): "functional_call's `strict` is False by default, and None is false"
+       for function, line in (
+           ("forward", 'return functional_call(model, dict(params), (x,), {"return_features": features}, strict=None)'),
+           ("forward", 'return functional_call(model, dict(params), (x,), {"return_features": features}, )'),
+           ("reference_features", "strict=None)"), ("reference_features", ")"))},
     **{("fedsign/checkpoint.py", function, f'with safe_open(str(path), framework="pt", {device}) as handle:'):
        "safetensors' safe_open reads onto the CPU when no device (or None) is given, as device='cpu' does"
        for function in ("load_checkpoint", "load_metadata") for device in ("", "device=None")},

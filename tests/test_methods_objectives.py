@@ -15,6 +15,7 @@ from torch.func import grad, vmap
 from fedsign.data.specs import dataset_spec
 from fedsign.models import PanSpec, build_model, exchanged_state
 from strategies.feddyn import FedDynConfig, FedDynObjective
+from strategies.fedpan import FedPanConfig
 from strategies.fedprox import FedProxConfig, FedProxObjective
 from strategies.fedsign import FedSignConfig, FedSignObjective
 from strategies.functional import float_buffers, forward, reference_features, unprefixed
@@ -116,9 +117,28 @@ def test_fedsign_with_gamma_zero_is_exactly_cross_entropy():
                                                                      list(params.values()))))
 
 
-def test_fedsign_rejects_an_unknown_reduction():
-    with pytest.raises(ValueError, match="sign_reduction='median'"):
-        FedSignObjective(FedSignConfig(gamma=0.1, sign_reduction="median", sign_temperature=1.0))
+@pytest.mark.parametrize(("config", "values", "message"), [
+    (FedSignConfig, {"sign_reduction": "median"},
+     "method.sign_reduction='median' is not known; accepted: rms, sum, mean, tensor_mean"),
+    (FedSignConfig, {"gamma": -0.5}, "method.gamma=-0.5 must be >= 0"),
+    (FedSignConfig, {"sign_temperature": 0.0}, "method.sign_temperature=0.0 must be > 0"),
+    (FedProxConfig, {"mu": -1.0}, "method.mu=-1.0 must be >= 0"),
+    (FedProxConfig, {"prox_form": "l1"}, "method.prox_form='l1' is not known; accepted: l2, smooth_l1"),
+    (MoonConfig, {"mu": -1.0}, "method.mu=-1.0 must be >= 0"),
+    (MoonConfig, {"tau": 0.0}, "method.tau=0.0 must be > 0"),
+    (FedPanConfig, {"pan_op": "sub"}, "method.pan_op='sub' is not known; accepted: add, mul"),
+    (FedPanConfig, {"pan_a": -0.1}, "method.pan_a=-0.1 must be >= 0"),
+])
+def test_method_settings_are_refused_with_key_value_and_what_is_accepted(config, values, message):
+    with pytest.raises(ValueError) as caught:
+        config(**values)
+    assert str(caught.value) == message
+
+
+def test_method_settings_at_their_bounds_are_accepted():
+    """A zero weight switches a regulariser off (FedProx, MOON, FedSign, FedPAN's amplitude): allowed."""
+    assert FedProxConfig(mu=0.0).mu == MoonConfig(mu=0.0).mu == FedSignConfig(gamma=0.0).gamma == 0.0
+    assert FedPanConfig(pan_a=0.0).pan_a == 0.0 and FedSignConfig(sign_temperature=1e-3).sign_temperature == 1e-3
 
 
 # ---- FedProx ----
@@ -205,8 +225,10 @@ def _moon_by_hand(model, params, glob, prev, x, y, mu, tau):
 
 
 def test_moon_loss_and_gradient_match_the_hand_written_formula():
+    """The global and previous models both differ from the model's own parameters, so a reference
+    forward that silently fell back to those (a constant under the wrong name) fails here."""
     model, (x, y) = _model(), _batch()
-    glob = {k: v.detach().clone() for k, v in model.named_parameters()}
+    glob = {k: v.detach() for k, v in _params(model, scale=0.15, seed=5).items()}
     prev = {k: v.detach() for k, v in _params(model, scale=0.2, seed=7).items()}
     objective = MoonObjective(MoonConfig(mu=0.8, tau=0.5))
     consts = objective.prepare(model, glob, {f"prev.{k}": v for k, v in prev.items()})
@@ -251,12 +273,22 @@ def test_moon_reference_models_use_the_global_bn_statistics_in_eval_mode():
     reference = copy.deepcopy(model).eval()
     plain = copy.deepcopy(model)
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
+    prev = {k: v.detach() for k, v in _params(model, scale=0.2, seed=7).items()}
     objective = MoonObjective(MoonConfig(mu=1.0, tau=0.5))
-    consts = objective.prepare(model, glob, {})
-    z_ref, _ = reference(x, return_features=True)
+    consts = objective.prepare(model, glob, {f"prev.{k}": v for k, v in prev.items()})
+    forward(model, glob, x)  # a training forward: the model's own statistics move on from the global ones
+    with torch.no_grad():
+        z_ref, _ = reference(x, return_features=True)
+    z_prev = reference_features(reference, prev, float_buffers(reference), x)  # prev, the global statistics
     assert torch.allclose(reference_features(model, glob, unprefixed("buffer", consts), x), z_ref, atol=1e-12)
-    objective.loss(model, glob, x, y, consts)
-    forward(plain, glob, x)  # one training forward: what the statistics must show afterwards
+    params = _params(model, scale=0.1)
+    total, ce = objective.loss(model, params, x, y, consts)
+    z = forward(copy.deepcopy(plain), params, x, features=True)[0].detach()  # train mode: batch statistics
+    cos = lambda a, b: (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # noqa: E731
+    pos, neg = torch.exp(cos(z, z_ref) / 0.5), torch.exp(cos(z, z_prev) / 0.5)
+    assert float((total - ce).detach()) == pytest.approx(float((-torch.log(pos / (pos + neg))).mean()), rel=1e-10)
+    forward(plain, glob, x)  # the model's two training forwards: what its statistics must show afterwards
+    forward(plain, params, x)
     for (k, a), b in zip(float_buffers(model).items(), float_buffers(plain).values()):
         assert torch.allclose(a, b, atol=1e-12), k  # the reference passes did not touch them
 
@@ -291,6 +323,19 @@ def test_objective_gradients_under_vmap_equal_the_per_client_gradients(name, ext
         single = torch.autograd.grad(total(params, c), list(params.values()))
         for k, g in zip(params, single):
             assert torch.allclose(batched[k][i], g, rtol=1e-9, atol=1e-12), (name, k)
+
+
+def test_float_buffers_are_the_bn_statistics_only():
+    """Not the parameters, not the integer step counters, not FedPAN's masks: copies, not views."""
+    model = build_model("smallcnn_bn", SPEC, PanSpec("mul", 1.0, 0.05))
+    kinds = {k.rsplit(".", 1)[1] for k in float_buffers(model)}
+    assert kinds == {"running_mean", "running_var"}
+    assert set(float_buffers(model)) == {k for k, v in model.state_dict().items()
+                                         if k.endswith(("running_mean", "running_var"))}
+    buffers = float_buffers(model)
+    key = next(iter(buffers))
+    buffers[key].add_(1.0)
+    assert not torch.equal(buffers[key], model.state_dict()[key])
 
 
 def test_fedpan_masks_are_in_the_model_but_never_in_the_exchanged_state():
