@@ -171,7 +171,9 @@ def load_direction(path: str | Path, theta: Params) -> Params:
     unknown = sorted(set(tensors) - set(theta))
     params = {n: t for n, t in tensors.items() if n in theta}
     if not params:
-        raise CheckpointError(f"'{path}' holds no tensor named like this model's parameters ({unknown[:3]}...)")
+        more = ", ..." if len(unknown) > 3 else ""
+        raise CheckpointError(f"'{path}' holds no tensor named like this model's parameters "
+                              f"(it holds {', '.join(unknown[:3])}{more})")
     for n, t in params.items():
         if t.shape != theta[n].shape:
             raise CheckpointError(f"'{path}': '{n}' has shape {tuple(t.shape)}, "

@@ -59,6 +59,28 @@ GROUPS: list[tuple[list[str], list[str]]] = [
 
 # (module, function, the mutated line as mutmut shows it, stripped) -> why it cannot change a result
 ON_CPU = "moves tensors to the device they are on already when no GPU is present (tests/test_gpu.py runs it on CUDA)"
+ON_GPU = "runs only when the data are on a CUDA device (tests/test_gpu.py)"
+CORRECTION = "torch.var_mean's correction defaults to 1 (the unbiased variance), the value written"
+VMAP_ONE = "one point through vmap instead of a plain call: the same numbers (the plain call avoids batched-weight kernels)"
+REPLAY_SET = "evaluate() sets the replay state on entry, before anything reads it"
+REPLAY_ONE = "with one point, recording the replay costs the one pass it would save: the same numbers"
+RELEASE = ("when the record of the last BN layer is dropped: memory only; a later call's first recalibration pass "
+           "runs in full and gives the same statistics")
+SPLIT = "how many runs the points are split into when no progress is shown: the same numbers"
+COMPLEMENT = "keys the choice by the parameters that stay instead of those that move: the complement, the same partition"
+TUNE_CPU = "only a CPU run tunes the chunk (CUDA data take GPU_CHUNK untimed), so the key's device is always cpu"
+CONSTANT = "the key's entry for runs without recalibration: any constant keys them alike"
+FIRST_TRIAL = "the first trial, chunk 1, is always faster than math.inf and replaces the initial best"
+ENOUGH = "chunks 1 and 2 always have enough points: the guard before the loop asks for 1 + 60 x 2"
+LAYOUT = ("the private copy's memory layout or autograd flag, under inference_mode: the same numbers (the peer "
+          "benchmark in docs/landscape.md measures the speed)")
+KEY = "the replay records and reads the recalibration batches under the key this one line sets"
+ROUNDING = ("a direction or coefficient of another float dtype is promoted and written into the parameter's dtype: "
+            "the point differs by at most one rounding in that dtype")
+LAST_BN = ("the recording pass has found the same last BN layer (one that runs after the first moving layer, or "
+           "recalibration is skipped)")
+FALSY = "None is false like False"
+ZERO_FILTER = "where a filter of the direction has norm 0 the direction is 0 there, and 0 x ratio stays 0 (|theta| < 1e8)"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("strategies/validation.py", "check_reply",
      'return Rejection(f"wrong keys: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:3]}")'):
@@ -103,6 +125,144 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     **{("fedsign/checkpoint.py", "model_from_checkpoint",
         f'model = build_model(meta["model"], spec, PanSpec.from_tag(meta.get("pan", {default})))'):
        "PanSpec.from_tag gives None (no mask) for None as for ''" for default in ("None", "")},
+    **{key: CORRECTION for key in (
+        ('landscape/evaluator.py', '_channel_stats',
+         'var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], )'),
+        ('landscape/evaluator.py', '_channel_stats',
+         'var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=None)'),
+    )},
+    **{key: VMAP_ONE for key in (
+        ('landscape/evaluator.py', '_over_points', 'if k >= 1:'),
+    )},
+    **{key: ON_GPU for key in (
+        ('landscape/evaluator.py', 'Evaluator._evaluate',
+         'chunk = self.chunk or (GPU_CHUNK if (self.data.x.device.type == "cuda") and False else None)'),
+        ('landscape/evaluator.py', 'Evaluator._evaluate',
+         'chunk = self.chunk or (GPU_CHUNK if self.data.x.device.type == "CUDA" else None)'),
+        ('landscape/evaluator.py', 'Evaluator._evaluate',
+         'chunk = self.chunk or (GPU_CHUNK if self.data.x.device.type == "XXcudaXX" else None)'),
+        ('landscape/evaluator.py', '_sync', 'if device.type == "CUDA":'),
+        ('landscape/evaluator.py', '_sync', 'if device.type == "XXcudaXX":'),
+        ('landscape/evaluator.py', '_sync', 'torch.cuda.synchronize(None)'),
+    )},
+    **{key: REPLAY_SET for key in (
+        ('landscape/evaluator.py', 'Evaluator.__init__',
+         'self._replay: Replay | None | bool = None  # during evaluate(): the Replay, None (none) or True (to record)'),
+        ('landscape/evaluator.py', 'Evaluator.__init__',
+         'self._replay: Replay | None | bool = True  # during evaluate(): the Replay, None (none) or True (to record)'),
+        ('landscape/evaluator.py', 'Evaluator.evaluate', 'self._replay = None'),
+        ('landscape/evaluator.py', 'Evaluator.evaluate', 'self._replay = True'),
+    )},
+    **{key: REPLAY_ONE for key in (
+        ('landscape/evaluator.py', 'Evaluator.evaluate',
+         'self._replay = len(coefficients) >= 1 or None  # recorded on first use: it pays off from the second point'),
+    )},
+    **{key: RELEASE for key in (
+        ('landscape/evaluator.py', 'Evaluator.evaluate',
+         'if self._last_bn is not None and self._last_bn[1] is not None:'),
+    )},
+    **{key: SPLIT for key in (
+        ('landscape/evaluator.py', 'Evaluator._evaluate',
+         'step = chunk * max(1, math.ceil(len(coefficients) / chunk / (20 if (progress is not None) or True else 1)))'),
+        ('landscape/evaluator.py', 'Evaluator._evaluate',
+         'step = chunk * max(1, math.ceil(len(coefficients) / chunk / (20 if progress is not None else 2)))'),
+    )},
+    **{key: COMPLEMENT for key in (
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk',
+         'moved = tuple((n, tuple(t.shape)) for n, t in base.items() if any(n not in d for d in directions))'),
+    )},
+    **{key: TUNE_CPU for key in (
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk',
+         'str(self.data.x.dtype), str(None), torch.get_num_threads(), self.recalibrate,'),
+    )},
+    **{key: CONSTANT for key in (
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk',
+         'len(self.bn_data) if self.recalibrate else 1, self.batch_size)'),
+    )},
+    **{key: FIRST_TRIAL for key in (
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk', 'best, best_time, done = 2, math.inf, 0'),
+    )},
+    **{key: ENOUGH for key in (
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk',
+         'if chunk > 2 and len(coefficients) - done < TUNE_POINTS_PER_CHUNK * chunk:'),
+        ('landscape/evaluator.py', 'Evaluator._choose_chunk',
+         'if chunk >= 1 and len(coefficients) - done < TUNE_POINTS_PER_CHUNK * chunk:'),
+    )},
+    **{key: LAYOUT for key in (
+        ('landscape/evaluator.py', 'Evaluator._working_copy',
+         'if self.data.x.device.type != "cpu" and any(isinstance(m, nn.Conv2d) for m in self._copy.modules()):'),
+        ('landscape/evaluator.py', 'Evaluator._working_copy',
+         'if self.data.x.device.type == "CPU" and any(isinstance(m, nn.Conv2d) for m in self._copy.modules()):'),
+        ('landscape/evaluator.py', 'Evaluator._working_copy',
+         'if self.data.x.device.type == "XXcpuXX" and any(isinstance(m, nn.Conv2d) for m in self._copy.modules()):'),
+        ('landscape/evaluator.py', 'Evaluator._working_copy',
+         'if self.data.x.device.type == "cpu" or any(isinstance(m, nn.Conv2d) for m in self._copy.modules()):'),
+        ('landscape/evaluator.py', 'Evaluator._working_copy', 'p.requires_grad_(True)'),
+        ('landscape/evaluator.py', 'Evaluator._working_copy', 'self._copy = self._copy.to(memory_format=None)'),
+    )},
+    **{key: KEY for key in (
+        ('landscape/evaluator.py', 'Evaluator._recalibrate', 'cursor.key = ("BN", i)'),
+        ('landscape/evaluator.py', 'Evaluator._recalibrate', 'cursor.key = ("XXbnXX", i)'),
+    )},
+    **{key: ON_CPU for key in (
+        ('landscape/directions.py', 'difference', 'return {n: b[n].to(None, a[n].dtype) - a[n] for n in names}'),
+        ('landscape/directions.py', 'difference', 'return {n: b[n].to(a[n].dtype) - a[n] for n in names}'),
+        ('landscape/directions.py', 'load_direction',
+         'return {n: t.to(None, theta[n].dtype) for n, t in params.items()}'),
+        ('landscape/directions.py', 'load_direction', 'return {n: t.to(theta[n].dtype) for n, t in params.items()}'),
+        ('landscape/directions.py', 'noise_direction',
+         'eps = COMMON_NOISES[noise](tuple(ref.shape), generator_for(seed, name)).to(None, ref.dtype)'),
+        ('landscape/directions.py', 'noise_direction',
+         'eps = COMMON_NOISES[noise](tuple(ref.shape), generator_for(seed, name)).to(ref.dtype)'),
+        ('landscape/directions.py', 'sign_ratio_direction',
+         'chosen = chosen[: int(round(ratio * flat.numel()))].to(None)'),
+        ('landscape/directions.py', 'special_direction', 'return {n: init[n].to(None, theta[n].dtype) for n in names}'),
+        ('landscape/directions.py', 'special_direction', 'return {n: init[n].to(theta[n].dtype) for n in names}'),
+        ('landscape/evaluator.py', 'Evaluator._chunk', 'loss = torch.zeros(len(coefficients), dtype=torch.float64, )'),
+        ('landscape/evaluator.py', 'Evaluator._chunk',
+         'loss = torch.zeros(len(coefficients), dtype=torch.float64, device=None)'),
+        ('landscape/evaluator.py', 'Evaluator._chunk', 'wrong = torch.zeros(len(coefficients), dtype=torch.float64, )'),
+        ('landscape/evaluator.py', 'Evaluator._chunk',
+         'wrong = torch.zeros(len(coefficients), dtype=torch.float64, device=None)'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'loss = torch.zeros(len(coefficients), dtype=torch.float64, )'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'loss = torch.zeros(len(coefficients), dtype=torch.float64, device=None)'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'terms = {n: [(j, d[n].to(None, base[n].dtype)) for j, d in enumerate(directions) if n in d]'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'terms = {n: [(j, d[n].to(base[n].dtype)) for j, d in enumerate(directions) if n in d]'),
+        ('landscape/evaluator.py', 'Evaluator._points',
+         'c = coefficients[:, j].to(None, ref.dtype).view(-1, *([1] * ref.dim()))'),
+        ('landscape/evaluator.py', 'Evaluator._points',
+         'c = coefficients[:, j].to(ref.dtype).view(-1, *([1] * ref.dim()))'),
+        ('landscape/evaluator.py', 'Evaluator._points', 'total += c * d[name].to(None, ref.dtype)'),
+        ('landscape/evaluator.py', 'Evaluator._points', 'total += c * d[name].to(ref.dtype)'),
+    )},
+    **{key: ROUNDING for key in (
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'terms = {n: [(j, d[n].to(base[n].device, )) for j, d in enumerate(directions) if n in d]'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time',
+         'terms = {n: [(j, d[n].to(base[n].device, None)) for j, d in enumerate(directions) if n in d]'),
+        ('landscape/evaluator.py', 'Evaluator._points',
+         'c = coefficients[:, j].to(ref.device, ).view(-1, *([1] * ref.dim()))'),
+        ('landscape/evaluator.py', 'Evaluator._points',
+         'c = coefficients[:, j].to(ref.device, None).view(-1, *([1] * ref.dim()))'),
+        ('landscape/evaluator.py', 'Evaluator._points', 'total += c * d[name].to(ref.device, )'),
+        ('landscape/evaluator.py', 'Evaluator._points', 'total += c * d[name].to(ref.device, None)'),
+    )},
+    **{key: LAST_BN for key in (
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time', 'self._recalibrate(model, cursor, )'),
+        ('landscape/evaluator.py', 'Evaluator._one_at_a_time', 'self._recalibrate(model, cursor, None)'),
+    )},
+    **{key: FALSY for key in (
+        ('landscape/evaluator.py', 'Evaluator._chunk',
+         'with torch.no_grad(), probe_mode(self.model, bn_batch_stats=None):'),
+    )},
+    **{key: ZERO_FILTER for key in (
+        ('landscape/directions.py', '_rescaled',
+         'ratio = torch.where(d_norms >= 0, target / d_norms.clamp_min(1e-300), torch.zeros_like(d_norms))'),
+    )},
 }
 
 

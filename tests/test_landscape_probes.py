@@ -7,14 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.directions import noise_direction, scale_direction
+from fedsign.errors import ConfigError
+from landscape.directions import noise_direction, scale_direction, sign_ratio_direction
 from landscape.evaluator import Evaluator, ProbeData
 from landscape.interp import barrier, evaluate_points, greedy_soup, interpolate, uniform_soup
 from landscape.mine import mine_vvv, mine_wpeak
 from landscape.signs import distribution_summary, sign_consistency_ratio
 from landscape.surface import surface
 from landscape.train import train_classifier
-from landscape.valley import Direction, asymmetry_metrics, valley
+from landscape.valley import Direction, asymmetry_metrics, check_lambdas, common_noise_directions, valley
 
 
 class Tiny(nn.Module):
@@ -165,3 +166,123 @@ def test_sign_sweep_numbers_against_a_hand_computation_on_both_sides():
         assert out.arrays["pos_loss"][i] == pytest.approx(np.mean(pos**2 + si), abs=1e-12)
         assert out.arrays["neg_loss"][i] == pytest.approx(np.mean(neg**2 + si), abs=1e-12)
     assert out.arrays["error"].shape == (3, 5) and list(out.arrays["ratios"]) == [0.0, 0.5, 1.0]
+
+
+def test_side_widths_and_metrics_by_hand():
+    """λ = -1, -0.5, 0, 0.5, 1 with loss 5, 1.5, 0, 0.5, 3 and L(0) + 1 = 1: the + side reaches 1 at
+    0.5 + 0.5 (1 - 0.5) / (3 - 0.5) = 0.6, the - side at 0.5 (1 - 0) / (1.5 - 0) = 1/3."""
+    lams = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    loss = np.array([5.0, 1.5, 0.0, 0.5, 3.0])
+    error = np.array([0.9, 0.4, 0.1, 0.2, 0.5])
+    m = asymmetry_metrics(lams, loss, error)  # loss_delta 1 by default
+    assert m == pytest.approx({
+        "asymmetry": 0.35 - 0.65, "loss_asymmetry": 1.75 - 3.25, "width_threshold": 1.0,
+        "width_plus": 0.6, "width_minus": 1 / 3, "width_plus_censored": False, "width_minus_censored": False,
+        "width_ratio": 1.8}, abs=1e-12)
+    censored = asymmetry_metrics(lams, loss, error, loss_delta=4.0)  # the + side never reaches 4
+    assert censored["width_plus"] == 1.0 and censored["width_plus_censored"] is True
+    assert censored["width_minus"] == pytest.approx(0.5 + 0.5 * (4 - 1.5) / (5 - 1.5))
+    assert censored["width_minus_censored"] is False
+    flat = asymmetry_metrics(lams, np.ones(5), error, loss_delta=0.0)  # the threshold is L(0): width 0
+    assert (flat["width_plus"], flat["width_minus"], flat["width_ratio"]) == (0.0, 0.0, None)
+    assert flat["width_plus_censored"] is False and flat["width_minus_censored"] is False
+    steps = asymmetry_metrics([-1.0, 0.0, 1.0, 2.0], np.array([0.0, 0.0, 0.0, 0.5]), np.zeros(4), loss_delta=0.0)
+    assert steps["width_plus"] == 0.0 and steps["width_minus"] == 0.0  # the first step away already meets it
+    touch = asymmetry_metrics([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], np.array([3.0, 0.5, 1.0, 0.0, 1.0, 0.5, 3.0]),
+                              np.zeros(7))  # the loss touches L(0) + 1 at |λ| = 0.5, dips, then rises
+    assert (touch["width_plus"], touch["width_minus"]) == (0.5, 0.5)
+
+
+def test_metrics_are_computed_in_float64_from_float32_curves():
+    lams = np.array([-1.0, 0.0, 1.0, 2.0, 3.0])
+    error = np.array([0.3, 0.0, 0.1, 0.2, 0.7], dtype=np.float32)
+    want = error[2:].astype(np.float64).mean() - float(error[0])  # λ > 0 minus λ < 0
+    assert float(error[2:].mean()) - float(error[0]) != want  # float32 arithmetic would round differently
+    assert asymmetry_metrics(lams, error, error)["asymmetry"] == want
+
+
+def test_lambdas_are_refused_unless_finite_and_on_both_sides_of_zero():
+    assert check_lambdas([-1, 1]).dtype == np.float64
+    assert list(check_lambdas([-0.5, 0.25])) == [-0.5, 0.25]
+    for bad, message in [([0.0, 1.0], "the valley needs lambdas on both sides of 0 (got 0 .. 1)"),
+                         ([0.5, 1.0], "the valley needs lambdas on both sides of 0 (got 0.5 .. 1)"),
+                         ([-1.0, 0.0], "the valley needs lambdas on both sides of 0 (got -1 .. 0)"),
+                         ([-1.0, np.inf], "lambdas must be finite numbers"),
+                         ([np.nan, 1.0], "lambdas must be finite numbers")]:
+        with pytest.raises(ConfigError) as err:
+            check_lambdas(bad)
+        assert str(err.value) == message
+
+
+def test_common_noise_directions_in_order_with_their_labels(setup):
+    _, _, theta = setup
+    names = ["classifier.weight"]
+    dirs = common_noise_directions(theta, names, ["uniform", "binary"], [False, True], seed=7)
+    assert [(d.noise, d.sign_consistent) for d in dirs] == \
+        [("uniform", False), ("uniform", True), ("binary", False), ("binary", True)]
+    for d in dirs:
+        want = noise_direction(theta, names, d.noise, 7, sign=d.sign_consistent)
+        assert set(d.values) == set(names) and torch.equal(d.values[names[0]], want[names[0]])
+
+
+def test_valley_result_holds_every_field_with_the_settings_passed_on(setup):
+    _, evaluator, theta = setup
+    names = list(theta)
+    d = Direction("gaussian", True, noise_direction(theta, names, "gaussian", 0, sign=True))
+    lams = np.linspace(-1, 1, 5)
+    calls = []
+    result = valley(evaluator, theta, [d], scales=(2,), lambdas=lams, scaling="filter", filter_1d="vector",
+                    loss_delta=0.05, metadata={"group": "ALL"},
+                    progress=lambda done, total: calls.append((done, total)))
+    assert result.probe == "valley" and set(result.arrays) == {"lambdas", "curves"}
+    assert result.metadata == {"group": "ALL", "loss_delta": 0.05, "scales": [2.0], "filter_1d": "vector"}
+    assert calls and calls[-1] == (5, 5)
+    (curve,) = result.arrays["curves"]
+    unit = scale_direction(d.values, theta, "filter", "vector")
+    loss, error = evaluator.curve(theta, unit, 2 * lams)
+    torch.testing.assert_close(curve["loss"], loss)
+    torch.testing.assert_close(curve["error"], error)
+    metrics = asymmetry_metrics(lams, loss.numpy(), error.numpy(), 0.05)
+    assert curve == {"noise": "gaussian", "sign_consistent": True, "scale": 2.0, "loss": curve["loss"],
+                     "error": curve["error"], **metrics}
+    assert valley(evaluator, theta, [d], lambdas=lams).metadata["loss_delta"] == 1.0  # the default
+
+
+def test_valley_refuses_scales_that_are_not_positive_numbers(setup):
+    _, evaluator, theta = setup
+    d = Direction("gaussian", False, noise_direction(theta, list(theta), "gaussian", 0))
+    for scales, message in [((), "scales must be positive numbers (got [])"),
+                            ((0.0,), "scales must be positive numbers (got [0.0])"),
+                            ((1.0, np.inf), "scales must be positive numbers (got [1.0, inf])"),
+                            ((np.nan,), "scales must be positive numbers (got [nan])")]:
+        with pytest.raises(ConfigError) as err:
+            valley(evaluator, theta, [d], scales=scales, lambdas=[-1.0, 1.0])
+        assert str(err.value) == message
+
+
+class _RecordingEvaluator(_SignCountingEvaluator):
+    def curve(self, theta, unit, lams, progress=None):
+        self.units = getattr(self, "units", []) + [unit]
+        self.progress = progress
+        return super().curve(theta, unit, lams)
+
+
+def test_sign_sweep_result_fields_defaults_and_settings_passed_on():
+    from landscape.sign_sweep import sign_sweep
+
+    gen = torch.Generator().manual_seed(1)
+    theta = {"w": torch.randn(30, 20, generator=gen, dtype=torch.float64),
+             "b": torch.randn(20, generator=gen, dtype=torch.float64)}
+    fake = _RecordingEvaluator()
+    tick = lambda done, total: None  # noqa: E731
+    out = sign_sweep(fake, theta, ["w", "b"], ratios=[0, 1], lambdas=[-1, 0, 1], scaling="filter", filter_1d="zero",
+                     metadata={"group": "FEAT"}, progress=tick)
+    assert out.probe == "sign-sweep" and fake.progress is tick
+    assert out.metadata == {"group": "FEAT", "scale": 1.0, "filter_1d": "zero"}
+    assert set(out.arrays) == {"ratios", "lambdas", "pos_error", "neg_error", "pos_loss", "neg_loss", "error", "loss"}
+    assert out.arrays["ratios"].dtype == np.float64 and out.arrays["lambdas"].dtype == np.float64
+    assert all(torch.equal(u["b"], torch.zeros(20, dtype=torch.float64)) for u in fake.units)  # 1-D: zero
+    for r, u in zip([0.0, 1.0], fake.units):
+        want = scale_direction(sign_ratio_direction(theta, ["w", "b"], r, 0), theta, "filter", "zero")  # seed 0
+        assert torch.equal(u["w"], want["w"])
+    np.testing.assert_array_equal(out.arrays["loss"], np.array([np.array([1.0, 0.0, 1.0]) + s for s in fake.seen]))
