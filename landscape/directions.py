@@ -8,6 +8,7 @@ by (seed, name), on the CPU, so they are reproducible across devices and group c
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +22,18 @@ Params = dict[str, torch.Tensor]
 Sampler = Callable[[tuple[int, ...], torch.Generator], torch.Tensor]
 
 
-def _choice(values: tuple[float, ...]) -> Sampler:
-    table = torch.tensor(values)
-    return lambda shape, g: table[torch.randint(0, len(values), shape, generator=g)]
+def _choice(values: tuple[float, ...], shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    return torch.tensor(values)[torch.randint(0, len(values), shape, generator=g)]
 
 
 # The 7 common noises of Sect. 4.1: G(0,1), U(-1,1), {-1,0,1}, G(1,1), U(0,1), {0,1}, {1}.
 COMMON_NOISES: dict[str, Sampler] = {
     "gaussian": lambda shape, g: torch.randn(shape, generator=g),
     "uniform": lambda shape, g: torch.rand(shape, generator=g) * 2.0 - 1.0,
-    "ternary": _choice((-1.0, 0.0, 1.0)),
+    "ternary": functools.partial(_choice, (-1.0, 0.0, 1.0)),
     "gaussian_mean1": lambda shape, g: torch.randn(shape, generator=g) + 1.0,
     "uniform_pos": lambda shape, g: torch.rand(shape, generator=g),
-    "binary": _choice((0.0, 1.0)),
+    "binary": functools.partial(_choice, (0.0, 1.0)),
     "constant": lambda shape, g: torch.ones(shape),
 }
 # The 6 special directions of Sect. 4.1 (mu: the mean of each parameter tensor); 'init' needs theta_0.

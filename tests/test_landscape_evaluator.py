@@ -261,17 +261,20 @@ def test_the_default_batch_of_500_sets_the_recalibration_batches():
     torch.testing.assert_close(results[None], hand[2].running_var, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("chunk, steps", [(1, list(range(6, 101, 6)) + [101]), (4, list(range(8, 101, 8)) + [101])])
-def test_progress_reports_about_20_steps_up_to_the_total(chunk, steps):
+@pytest.mark.parametrize("points, chunk, steps", [(101, 1, list(range(6, 101, 6)) + [101]),
+                                                  (101, 4, list(range(8, 101, 8)) + [101]),
+                                                  (7, 1, list(range(1, 8))), (7, 2, [2, 4, 6, 7])])
+def test_progress_reports_about_20_steps_up_to_the_total(points, chunk, steps):
+    """About 20 steps of whole chunks; with fewer than 20 chunks in all, one step per chunk."""
     model, data = tiny(n=4)
     evaluator = Evaluator(model, data, recalibrate=False, chunk=chunk)
     theta = evaluator.parameters()
     calls = []
     d = {"classifier.bias": torch.ones(3, dtype=torch.float64)}
-    loss, _ = evaluator.curve(theta, d, torch.linspace(-1, 1, 101),
+    loss, _ = evaluator.curve(theta, d, torch.linspace(-1, 1, points),
                               progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(s, 101) for s in steps]
-    assert len(loss) == 101
+    assert calls == [(s, points) for s in steps]
+    assert len(loss) == points
 
 
 def test_coefficients_count_in_float64_whatever_they_are_given_as():
@@ -408,19 +411,27 @@ def test_what_is_the_same_at_every_point_runs_once_per_batch(data, monkeypatch, 
     torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
     Evaluator(model, test, recalibrate=False, chunk=1).curve(theta, d, [0.0, 1.0])
     assert plans[-1][3] == 120  # without recalibration, the data only
+    middle = {"5.weight": torch.ones_like(theta["5.weight"])}  # BN layer 6 follows: replayed and recalibrated
+    evaluator.curve(theta, middle, torch.linspace(-1, 1, points))
+    gc.collect()
+    assert len(replays) == 3 and replays[-1]() is None  # nor the last BN layer it found with it
 
 
 def test_recalibration_passes_stop_after_the_last_batchnorm_layer(data):
-    """All parameters move, so nothing is replayed: after the first full pass has shown which BN layer
-    runs last, recalibration passes stop there and the classifier runs only to evaluate."""
+    """Without replay: after the first full pass has shown which BN layer runs last, recalibration passes
+    stop there, in this call and the next ones, and the classifier runs only to evaluate."""
     model = bn_dropout_model().double()
     test, bn = (ProbeData(d.x.double(), d.y) for d in data)
     classifier = count_calls(model[8])
-    evaluator = Evaluator(model, test, bn, batch_size=40, chunk=1)
+    evaluator = Evaluator(model, test, bn, batch_size=40, chunk=1, replay_bytes=0)
     theta = evaluator.parameters()
     d = {n: 0.1 * torch.ones_like(t) for n, t in theta.items()}
     evaluator.curve(theta, d, torch.linspace(-1, 1, 6))
-    assert len(classifier) <= 6 * 3 + 2 * 3, len(classifier)  # 6 points x 3 test batches + at most 2 full passes
+    # 6 points x 3 test batches + one image to plan a replay (none fits in 0 bytes) + the first
+    # recalibration batch, in full
+    assert len(classifier) == 6 * 3 + 1 + 1
+    evaluator.curve(theta, d, torch.linspace(-1, 1, 6))
+    assert len(classifier) == 2 * (6 * 3 + 1) + 1  # the next call knows the last BN layer already
 
 
 class FakeTime:
@@ -490,7 +501,8 @@ def test_a_chunk_choice_is_kept_only_for_the_same_model_group_dtype_and_recalibr
         evaluator = Evaluator(model, probe, bn, recalibrate=bn is not None)
         runs = timed_runs(monkeypatch, evaluator, cost)
         theta = evaluator.parameters()
-        evaluator.curve(theta, {n: torch.ones_like(theta[n]) for n in names or theta}, lambdas)
+        loss, _ = evaluator.curve(theta, {n: torch.ones_like(theta[n]) for n in names or theta}, lambdas)
+        assert torch.equal(loss, lambdas.to(loss.dtype))  # every point once, in order, kept choice or not
         return evaluator.chunk_used, len(runs)
 
     slow_4 = {1: 1.0, 2: 0.6, 4: 0.9, 8: 1.0}
