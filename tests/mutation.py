@@ -81,6 +81,7 @@ ROUNDING = ("a direction or coefficient of another float dtype is promoted and w
 LAST_BN = ("the recording pass has found the same last BN layer (one that runs after the first moving layer, or "
            "recalibration is skipped)")
 FALSY = "None is false like False"
+LOW_ZERO = "torch.randint(high, size) draws from [0, high): low defaults to 0, the value written"
 ZERO_FILTER = "where a filter of the direction has norm 0 the direction is 0 there, and 0 x ratio stays 0 (|theta| < 1e8)"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("strategies/validation.py", "check_reply",
@@ -255,6 +256,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     **{key: FALSY for key in (
         ('landscape/evaluator.py', 'Evaluator._chunk',
          'with torch.no_grad(), probe_mode(self.model, bn_batch_stats=None):'),
+    )},
+    **{key: LOW_ZERO for key in (
+        ('landscape/directions.py', '_choice',
+         'return torch.tensor(values)[torch.randint(len(values), shape, generator=g)]'),
     )},
     **{key: ZERO_FILTER for key in (
         ('landscape/directions.py', '_rescaled',
