@@ -343,6 +343,11 @@ def render(results: dict) -> str:
         totals = [t + c for t, c in zip(totals, counts)]
         lines.append(f"| `{module}` | {' | '.join(map(str, counts))} | {score(counts)} |")
     lines.append(f"| all | {' | '.join(map(str, totals))} | {score(totals)} |")
+    ran = [g for run in results["runs"] for g in run["command"].split()[3:]]  # the files each run mutated
+    unmeasured = sorted({str(f.relative_to(ROOT)) for pattern in MODULES for f in ROOT.glob(pattern)
+                         if not any(fnmatch.fnmatch(str(f.relative_to(ROOT)), g) for g in ran)})
+    if unmeasured:
+        lines += ["", f"Not measured yet: {', '.join(f'`{m}`' for m in unmeasured)}."]
     for title, kind in (("Surviving mutants", "survived"), ("Equivalent mutants", "equivalent")):
         chosen = sorted((n, m) for n, m in mutants.items() if verdict(m) == kind)
         lines += ["", f"## {title} ({len(chosen)})", ""]
