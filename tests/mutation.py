@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "mutation.json"
 DOC = ROOT / "docs" / "testing.md"
 MODULES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+COMMAND = "python -m tests.mutation"
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 # Modules, each group with the fast tests written for it (a smaller selection than pyproject's, so
 # that a surviving mutant does not run every test of the suite): one mutmut run per group.
@@ -343,9 +344,9 @@ def render(results: dict) -> str:
         totals = [t + c for t, c in zip(totals, counts)]
         lines.append(f"| `{module}` | {' | '.join(map(str, counts))} | {score(counts)} |")
     lines.append(f"| all | {' | '.join(map(str, totals))} | {score(totals)} |")
-    ran = [g for run in results["runs"] for g in run["command"].split()[3:]]  # the files each run mutated
-    unmeasured = sorted({str(f.relative_to(ROOT)) for pattern in MODULES for f in ROOT.glob(pattern)
-                         if not any(fnmatch.fnmatch(str(f.relative_to(ROOT)), g) for g in ran)})
+    ran = [g for run in results["runs"] for g in run["command"].removeprefix(COMMAND).split()]  # files it mutated
+    files = {str(f.relative_to(ROOT)) for pattern in MODULES for f in ROOT.glob(pattern)}
+    unmeasured = sorted(f for f in files if not any(fnmatch.fnmatch(f, g) for g in ran))
     if unmeasured:
         lines += ["", f"Not measured yet: {', '.join(f'`{m}`' for m in unmeasured)}."]
     for title, kind in (("Surviving mutants", "survived"), ("Equivalent mutants", "equivalent")):
@@ -365,7 +366,7 @@ def score(counts: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     p.add_argument("modules", nargs="*", help=f"files to mutate (default: all of {', '.join(MODULES)})")
     p.add_argument("--children", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     p.add_argument("--report", action="store_true", help="only regenerate docs/testing.md from the JSON")
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             touched = {m["module"] for m in found.values()}
             results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
             results["runs"].append({
-                "command": "python -m tests.mutation " + " ".join(chosen), "modules": sorted(touched),
+                "command": " ".join([COMMAND, *chosen]), "modules": sorted(touched),
                 "date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.system()})",
                 "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()})
