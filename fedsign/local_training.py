@@ -150,13 +150,19 @@ class StepGraphs:
         if self.device.type != "cuda" or entry is None:  # no CUDA graphs on a CPU; None: its capture failed
             GRAPH_STATS.eager += 1
             return step(*inputs)
-        if entry is not False:
-            graph, static = entry
-            for s, new in zip(static, inputs):
-                s.copy_(new)
-            graph.replay()
-            GRAPH_STATS.replayed += 1
-            return None
+        if entry is False:
+            return self._capture(key, step, inputs, before_capture)
+        return self._replay(*entry, inputs)
+
+    @staticmethod
+    def _replay(graph: torch.cuda.CUDAGraph, static: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...]) -> None:
+        for s, new in zip(static, inputs):
+            s.copy_(new)
+        graph.replay()
+        GRAPH_STATS.replayed += 1
+
+    def _capture(self, key: object, step, inputs: tuple[torch.Tensor, ...], before_capture) -> None:
+        """The warm-up step, for real, then its capture (recorded, not run)."""
         static = tuple(t.clone() for t in inputs)  # the graph's inputs, outside its memory pool
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -176,7 +182,6 @@ class StepGraphs:
             self.graphs[key] = None
             GRAPH_STATS.failures.append(f"{key}: {str(exc).splitlines()[0]}")
             log.warning("train.step_mode=cuda_graph: capturing the step %s failed, it runs eagerly: %s", key, exc)
-        return None
 
 
 class KeptTensors:

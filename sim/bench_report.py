@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsign.atomic import atomic_target
+from sim.gpu_check import GPU_TESTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -100,7 +101,7 @@ def gpu_section(report: dict[str, Any], path: str) -> str:
                       for name, p in parts.items()])]
     tests = parts.get("tests", {})
     if "passed" in tests:
-        out += ["", f"**GPU tests** (`pytest -m gpu tests/test_gpu.py`): {tests['passed']} passed, {tests['failed']} "
+        out += ["", f"**GPU tests** (`pytest -m gpu {' '.join(GPU_TESTS)}`): {tests['passed']} passed, {tests['failed']} "
                     f"failed, {tests['error']} errors, {tests['skipped']} skipped (`{tests.get('pytest_summary', '')}`)"
                 + ("; failed: " + ", ".join(f"`{t}`" for t in tests["failed_tests"]) if tests["failed_tests"] else ".")]
     bench = merged_bench(parts)

@@ -4,7 +4,7 @@ Parts, in this order (each a process of its own, so a CUDA failure in one cannot
 each within its share of --budget, skipped when too little is left, and said so in the JSON):
   data       decode the CIFAR-10 copy once into fedsign's cache (the later parts read the cache; not
              in the quick form: digits ships with scikit-learn)
-  tests      `pytest -m gpu tests/test_gpu.py` (tests that skip without CUDA), summary per test
+  tests      `pytest -m gpu` on GPU_TESTS (tests that skip without CUDA), summary per test
   bench:*    fedsign-bench on the Table-1 round (VGG8, 100 clients, 10 per round, 5 local epochs, batch
              64, lr 0.03, alpha 0.5, the authors' partition), one process per speed option (VARIANTS;
              the plain way, all levers and CUDA graphs first, the single levers after the profile):
@@ -42,6 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m sim.gpu_check"
+GPU_TESTS = ("tests/test_gpu.py", "tests/test_local_training.py")  # the files with tests marked gpu
 GPU_DATA = Path("/tmp/gpu-data")  # where the GPU host's staging call copies the CIFAR-10 archives
 LOG_LIMIT = 2 * 2**20  # bytes kept of each log (its head and tail): what comes back is at most 16 MiB a file
 
@@ -387,7 +388,7 @@ class Check:
 
     def run_tests(self, limit: float) -> dict[str, Any]:
         junit = self.work / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-v", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *GPU_TESTS, "-v", "-p", "no:cacheprovider",
                f"--junitxml={junit}"]
         outcome = self.process(cmd, limit, self.out / "pytest.log", ok_codes=(0, 5))  # 5: none collected
         outcome.update(pytest_outcomes(junit, self.out / "pytest.log"))

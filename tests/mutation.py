@@ -3,6 +3,7 @@
     pip install -e ".[dev,mutation]"
     python -m tests.mutation                      # every module of MODULES (about an hour on 2 cores)
     python -m tests.mutation strategies/validation.py fedsign/resume.py      # some of them
+    python -m tests.mutation --survivors sim/cohort/grid.py   # only the recorded survivors, after new tests
     python -m tests.mutation --report             # docs/testing.md again from docs/results/mutation.json
 
 mutmut's settings are [tool.mutmut] in pyproject.toml (`mutmut run` works there too). This script
@@ -48,8 +49,17 @@ GROUPS: list[tuple[list[str], list[str]]] = [
      ["tests/test_methods_objectives.py", "tests/test_methods_client_state.py", "tests/test_training_reference.py",
       "tests/test_config.py"]),
     (["fedsign/local_training.py", "sim/cohort/*.py"],
-     ["tests/test_training_reference.py", "tests/test_stacked_sgd.py", "tests/test_cohort_engine.py",
-      "tests/test_cohort_equivalence.py", "tests/test_flower_internals.py"]),
+     # one case each of the two server-level comparisons and no Hydra run (all of them would run per mutant:
+     # over 2 h on 2 cores)
+     ["tests/test_local_training.py", "tests/test_stacked_sgd.py", "tests/test_inprocess_grid.py",
+      "tests/test_flower_internals.py",
+      *(f"tests/test_cohort_engine.py::{name}" for name in (
+          "test_stacked_batches_are_each_clients_own_batches", "test_groups_follow_batch_sizes",
+          "test_batch_norm_models_are_refused", "test_models_that_exchange_other_buffers_are_refused",
+          "test_grid_answers_queries_and_reports_bad_updates_per_client",
+          "test_clients_the_authors_scheme_drops_are_never_sampled")),
+      "tests/test_training_reference.py::test_both_engines_reach_the_hand_computed_global_model[fedsign]",
+      "tests/test_cohort_equivalence.py::test_cohort_round_equals_the_client_app_path[feddyn]"]),
     (["fedsign/resume.py", "fedsign/checkpoint.py"],
      ["tests/test_checkpoint.py", "tests/test_bad_input.py", "tests/test_resume_in_process.py",
       "tests/test_client_state.py"]),
@@ -58,7 +68,8 @@ GROUPS: list[tuple[list[str], list[str]]] = [
       "tests/test_landscape_softmax.py", "tests/test_landscape_hessian.py"]),
 ]
 
-# (module, function, the mutated line as mutmut shows it, stripped) -> why it cannot change a result
+# (module, function, the mutated line as mutmut shows it, stripped) -> why it cannot change a result;
+# the line "*" stands for every mutant of a function that only runs on CUDA (ON_GPU)
 ON_CPU = "moves tensors to the device they are on already when no GPU is present (tests/test_gpu.py runs it on CUDA)"
 ON_GPU = "runs only when the data are on a CUDA device (tests/test_gpu.py)"
 CORRECTION = "torch.var_mean's correction defaults to 1 (the unbiased variance), the value written"
@@ -84,6 +95,14 @@ LAST_BN = ("the recording pass has found the same last BN layer (one that runs a
 FALSY = "None is false like False"
 LOW_ZERO = "torch.randint(high, size) draws from [0, high): low defaults to 0, the value written"
 ZERO_FILTER = "where a filter of the direction has norm 0 the direction is 0 there, and 0 x ratio stays 0 (|theta| < 1e8)"
+ZEROED = ("zero_grad keeps zeroed gradients instead of freeing them: backward adds onto 0, the same numbers "
+          "(freeing saves memory)")
+IMAGE_LAYOUT = ("the images' memory order only (the conv weights stay NHWC): the same numbers; the GPU bench "
+                "measures the speed")
+PAN_MASKS = ("the check looks for BatchNorm and exchanged buffers, and FedPAN's masks are neither (non-persistent "
+             "buffers): the same verdict with or without them")
+NEXT_STATE = ("no registered method's next_state reads its `state` argument (FedDyn's new g_k comes from the round's "
+              "constants, MOON keeps the trained model)")
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("strategies/validation.py", "check_reply",
      'return Rejection(f"wrong keys: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:3]}")'):
@@ -148,6 +167,26 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         ('landscape/evaluator.py', '_sync', 'if device.type == "XXcudaXX":'),
         ('landscape/evaluator.py', '_sync', 'torch.cuda.synchronize(None)'),
     )},
+    **{("fedsign/local_training.py", function, "*"): ON_GPU for function in ("StepGraphs._capture", "StepGraphs._replay")},
+    **{("fedsign/local_training.py", function, line): ON_CPU for function, line in (
+        ("ClientSteps.__init__", "self.total = torch.zeros((), device=None)"),
+        ("ClientSteps.__init__", "self.total = torch.zeros((), )"),
+        ("ClientSteps.__init__", "self.total_ce = torch.zeros((), device=None)"),
+        ("ClientSteps.__init__", "self.total_ce = torch.zeros((), )"),
+        ("GraphedClientSteps.__init__", "super().__init__(model, objective, self.kept.tree, cfg, None)"),
+        ("train_locally", "steps = batch_plan(len(data), cfg, spec, augment, seed, None)"))},
+    ("sim/cohort/cohort_training.py", "GraphedCohortSteps.__init__",
+     "super().__init__(model, objective, self.kept_params.tree, self.kept_consts.tree, const_dims, cfg, None)"): ON_CPU,
+    ("fedsign/local_training.py", "train_locally",
+     "new_state = objective.next_state(detached(params), consts, None)"): NEXT_STATE,
+    ("sim/cohort/cohort_training.py", "train_cohort", "new_state = objective.next_state(own, consts[i], None)"): NEXT_STATE,
+    **{("fedsign/local_training.py", "ClientSteps._step", f"self.optimizer.zero_grad(set_to_none={value})"): ZEROED
+       for value in ("None", "False")},
+    **{("fedsign/local_training.py", "train_locally", f"for x, y in step_batches(data, steps, spec, {arg}):"):
+       IMAGE_LAYOUT for arg in ("None", "")},
+    **{("sim/cohort/engine.py", "run_cohort",
+        f"check_cohort_model(build_model(cfg.model.name, dataset_spec(cfg.dataset.name), {arg}), cfg.model.name)"):
+       PAN_MASKS for arg in ("None", "")},
     **{key: REPLAY_SET for key in (
         ('landscape/evaluator.py', 'Evaluator.__init__',
          'self._replay: Replay | None | bool = None  # during evaluate(): the Replay, None (none) or True (to record)'),
@@ -279,8 +318,9 @@ def tracked_copy(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
-def run_mutmut(modules: list[str], tests: list[str], children: int) -> dict[str, dict]:
-    """{mutant name: {"module", "function", "status", "line"}} for the mutants of `modules`, tested by `tests`."""
+def run_mutmut(modules: list[str], tests: list[str], children: int, only: list[str] | None = None) -> dict[str, dict]:
+    """{mutant name: {"module", "function", "status", "line"}} for the mutants of `modules`, tested by `tests`
+    (`only`: just these mutants)."""
     from mutmut.stats import status_by_exit_code
 
     with tempfile.TemporaryDirectory(prefix="fedsign-mutation-") as tmp:
@@ -293,12 +333,14 @@ def run_mutmut(modules: list[str], tests: list[str], children: int) -> dict[str,
         (scratch / "pyproject.toml").write_text(pyproject)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
         env.pop("PYTHONPATH", None)
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=scratch,
-                       env=env, check=True)
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
+                       cwd=scratch, env=env, check=True)
         found: dict[str, dict] = {}
         for meta in (scratch / "mutants").rglob("*.py.meta"):
             module = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
             for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if only is not None and name not in only:
+                    continue
                 function = name.rsplit(".", 1)[1].split("__mutmut_")[0]  # x_func or xǁClassǁmethod
                 function = function[2:].replace("ǁ", ".")
                 status = status_by_exit_code[code]
@@ -315,12 +357,16 @@ def mutated_line(scratch: Path, name: str, env: dict) -> str:
     return " / ".join(added)
 
 
+def equivalence(mutant: dict) -> str | None:
+    """Why a mutant cannot change a result on the CPU the run used, or None."""
+    return (EQUIVALENT.get((mutant["module"], mutant["function"], mutant["line"]))
+            or EQUIVALENT.get((mutant["module"], mutant["function"], "*")))
+
+
 def verdict(mutant: dict) -> str:
     if mutant["status"] in KILLED:
         return "killed"
-    if (mutant["module"], mutant["function"], mutant["line"]) in EQUIVALENT:
-        return "equivalent"
-    return "survived"
+    return "equivalent" if equivalence(mutant) else "survived"
 
 
 def render(results: dict) -> str:
@@ -331,8 +377,9 @@ def render(results: dict) -> str:
              "A mutant is a small deliberate bug (a flipped comparison, a changed constant, a dropped argument)",
              "that [mutmut](https://github.com/boxed/mutmut) plants in one function at a time; the fast tests",
              "that run that function must fail. Score = killed / (mutants − equivalent), where an equivalent",
-             "mutant cannot change any result (each listed below with its reason); a mutant no test runs",
-             "counts as surviving. Runs:", ""]
+             "mutant cannot change any result on the CPU (each listed below with its reason; code that runs",
+             "only on CUDA, such as capturing a CUDA graph, is tested by tests/test_gpu.py on the GPU machine);",
+             "a mutant no test runs counts as surviving. Runs:", ""]
     for run in results["runs"]:
         lines.append(f"- `{run['command']}`: {run['date']}, commit `{run['commit'][:10]}`, {run['machine']}, "
                      f"{run['seconds']:.0f} s, modules {', '.join(run['modules'])}")
@@ -353,7 +400,7 @@ def render(results: dict) -> str:
         chosen = sorted((n, m) for n, m in mutants.items() if verdict(m) == kind)
         lines += ["", f"## {title} ({len(chosen)})", ""]
         for name, m in chosen:
-            reason = EQUIVALENT.get((m["module"], m["function"], m["line"]), m["status"])
+            reason = equivalence(m) or m["status"]
             lines.append(f"- `{m['module']}` `{m['function']}`: `{m['line'] or '(deleted)'}`: {reason}")
         if not chosen:
             lines.append("None.")
@@ -370,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("modules", nargs="*", help=f"files to mutate (default: all of {', '.join(MODULES)})")
     p.add_argument("--children", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     p.add_argument("--report", action="store_true", help="only regenerate docs/testing.md from the JSON")
+    p.add_argument("--survivors", action="store_true",
+                   help="retest only the mutants that survived the recorded run of these modules (after adding "
+                        "tests; a change to the mutated code needs a full run)")
     args = p.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": [], "mutants": {}}
     if not args.report:
@@ -383,11 +433,21 @@ def main(argv: list[str] | None = None) -> None:
             if not chosen:
                 continue
             started = datetime.datetime.now(datetime.timezone.utc)
-            found = run_mutmut(chosen, tests, args.children)
-            touched = {m["module"] for m in found.values()}
-            results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
+            if args.survivors:
+                only = [n for n, m in results["mutants"].items()
+                        if verdict(m) == "survived" and any(fnmatch.fnmatch(m["module"], g) for g in chosen)]
+                if not only:
+                    continue
+                found = run_mutmut(chosen, tests, args.children, only)
+                touched = {m["module"] for m in found.values()}
+                results["mutants"] |= found
+            else:
+                found = run_mutmut(chosen, tests, args.children)
+                touched = {m["module"] for m in found.values()}
+                results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
             results["runs"].append({
-                "command": " ".join([COMMAND, *chosen]), "modules": sorted(touched),
+                "command": " ".join([COMMAND, *(["--survivors"] if args.survivors else []), *chosen]),
+                "modules": sorted(touched), "mutants": len(found),
                 "date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.system()})",
                 "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()})
@@ -403,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def stale_entries(results: dict) -> list[tuple[str, str, str]]:
     """EQUIVALENT keys of measured modules that match no surviving mutant: to be removed."""
-    surviving = {(m["module"], m["function"], m["line"]) for m in results["mutants"].values() if m["status"] not in KILLED}
+    surviving = {(m["module"], m["function"], line) for m in results["mutants"].values() if m["status"] not in KILLED
+                 for line in (m["line"], "*")}
     measured = {m["module"] for m in results["mutants"].values()}
     return [key for key in EQUIVALENT if key[0] in measured and key not in surviving]
 

@@ -17,7 +17,7 @@ from fedsign.errors import ConfigError
 from fedsign.local_training import Step, batch_plan, make_batch, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state
-from sim.cohort.cohort_training import CohortClient, groups_at, stack_steps, train_cohort
+from sim.cohort.cohort_training import CohortClient, check_cohort_model, groups_at, stack_steps, train_cohort
 from sim.cohort.engine import run_cohort
 from sim.cohort.grid import CohortGrid
 from sim.main import run, to_run_config
@@ -84,9 +84,28 @@ def test_augmented_cifar10_clients_train_alike_in_both_engines(one_thread, float
 
 def test_batch_norm_models_are_refused(tmp_path):
     cfg = RunConfig.from_flat({"engine.name": "cohort", "model.name": "smallcnn_bn", "out": str(tmp_path / "bn")})
-    with pytest.raises(ConfigError, match="model.name=smallcnn_bn.*engine=flower, or a model without _bn"):
+    with pytest.raises(ConfigError) as refused:
         run_cohort(cfg)
+    assert str(refused.value) == ("engine.name=cohort does not train models with BatchNorm (model.name=smallcnn_bn): "
+                                  "their running statistics are not kept per client; use engine=flower, or a model "
+                                  "without _bn")
     assert not (tmp_path / "bn").exists()  # refused before any run directory is made
+
+
+def test_models_that_exchange_other_buffers_are_refused():
+    model = torch.nn.Linear(2, 2)
+    for name in ("scale", "shift", "bias_buffer", "centre"):
+        model.register_buffer(name, torch.ones(2))
+    with pytest.raises(ConfigError) as refused:
+        check_cohort_model(model)
+    assert str(refused.value) == ("engine.name=cohort trains parameters only, but the model also exchanges buffers "
+                                  "['bias_buffer', 'centre', 'scale']; use engine=flower")
+    model.register_buffer("steps", torch.zeros((), dtype=torch.int64))  # not exchanged: integer
+    with pytest.raises(ConfigError) as refused:
+        check_cohort_model(model, "x")
+    assert str(refused.value).startswith("engine.name=cohort trains parameters only, but the model (model.name=x) "
+                                         "also exchanges buffers ['bias_buffer', 'centre', 'scale'];")
+    check_cohort_model(torch.nn.Linear(2, 2), "linear")  # parameters only: accepted
 
 
 def test_fedsign_sim_runs_the_cohort_engine(tmp_path, one_thread):

@@ -6,7 +6,9 @@ replays the eager step exactly, channels_last changes only the memory order, bf1
 fp32. The CUDA-only tests check what only a GPU can show: each engine trains one round of each method
 there, the cohort equals per-client training, no local step waits for the host, the landscape
 evaluator's vmap chunk equals a plain loop, a checkpoint written from CUDA loads on a CPU.
-`pytest -m gpu` selects the CUDA tests; `python -m sim.gpu_check` runs them on the GPU machine."""
+The levers' fast unit tests, and batches built in blocks on the CPU and CUDA, are in
+tests/test_local_training.py. `pytest -m gpu` selects the CUDA tests; `python -m sim.gpu_check` runs
+them (sim.gpu_check.GPU_TESTS) on the GPU machine."""
 
 from __future__ import annotations
 
@@ -22,12 +24,11 @@ from fedsign.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from fedsign.config import RunConfig
 from fedsign.data import ImageSet
 from fedsign.data.specs import DATASETS
-from fedsign.local_training import GRAPH_STATS, batch_plan, make_batch, step_batches, train_locally
+from fedsign.local_training import GRAPH_STATS, train_locally
 from fedsign.methods import make_objective
 from fedsign.models import build_model, exchanged_state
 from fedsign.server_app import run_server
 from landscape import Evaluator, ProbeData
-from sim.cohort.cohort_training import groups_at, stack_steps
 from sim.cohort.grid import CohortGrid
 from sim.cohort.inprocess_grid import InProcessGrid
 from sim.gpu_check import plain_loop
@@ -257,25 +258,3 @@ def test_bf16_autocast_stays_near_fp32(device, engine, tmp_path, one_thread):
     step_bf16 = torch.cat([(bf16[1][k] - bf16[0][k]).flatten() for k in fp32[0]])
     assert step_bf16.dtype == torch.float32
     assert float((step_bf16 - step_fp32).norm() / step_fp32.norm()) < 0.05
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatch):
-    monkeypatch.setattr("fedsign.local_training.BATCH_BLOCK", 40)  # blocks end inside the plan
-    spec = DATASETS["cifar10"]
-    torch.manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8).to(device),
-                    torch.randint(0, 10, (90,)).to(device))
-    cfg = setting(device).train
-    plans = [batch_plan(n, cfg, spec, True, seed, torch.device(device), offset=o)
-             for seed, (n, o) in enumerate(((50, 0), (40, 50)))]
-    single = plans[0]
-    stacked = [stack_steps([plans[i][t] for i in members]) for t in range(len(plans[0]))
-               for members in groups_at(plans, t)]
-    for steps in (single, stacked):
-        for channels_last in (False, True):
-            built = list(step_batches(data, steps, spec, channels_last))
-            assert len(built) == len(steps)
-            for (x, y), step in zip(built, steps):
-                x_step, y_step = make_batch(data, step, spec)
-                assert torch.equal(x, x_step) and torch.equal(y, y_step)

@@ -138,7 +138,6 @@ class GraphedCohortSteps(CohortSteps):
         self.kept_params, self.kept_consts = KeptTensors(params), KeptTensors(shared_consts)
         super().__init__(model, objective, self.kept_params.tree, self.kept_consts.tree, const_dims, cfg, device)
         self.graphs = StepGraphs(device)
-        self.clients = len(self.totals)
 
     def begin(self, params: Params, shared_consts) -> None:
         self.kept_params.load(params)
@@ -203,7 +202,7 @@ def stack_consts(consts: list[Params]):
 
 def select_rows(consts, dims, rows: torch.Tensor):
     leaves, spec = tree_flatten(consts)
-    dim_leaves = tree_flatten(dims, is_leaf=lambda d: d is None)[0]
+    dim_leaves = tree_flatten(dims)[0]  # None (a shared leaf) is a leaf of torch's pytrees
     return tree_unflatten([leaf if d is None else leaf[rows] for leaf, d in zip(leaves, dim_leaves)], spec)
 
 
