@@ -1,7 +1,7 @@
 """Mutation testing of the modules where a silent bug would corrupt results, with mutmut 3.8.1.
 
     pip install -e ".[dev,mutation]"
-    python -m tests.mutation                      # every module of MODULES (about an hour on 2 cores)
+    python -m tests.mutation                      # every module of MODULES (hours on 2 cores: see docs/testing.md)
     python -m tests.mutation strategies/validation.py fedsign/resume.py      # some of them
     python -m tests.mutation --survivors sim/cohort/grid.py   # only the recorded survivors, after new tests
     python -m tests.mutation --report             # docs/testing.md again from docs/results/mutation.json
@@ -429,7 +429,9 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         for group, tests in GROUPS:  # each group's verdicts are saved as soon as it is done
-            chosen = [g for g in group if any(fnmatch.fnmatch(g, m) or fnmatch.fnmatch(m, g) for m in modules)]
+            # a file named on the command line, or the group's entries it names (a glob, or the file itself)
+            chosen = sorted({m for m in modules for g in group if fnmatch.fnmatch(m, g)}
+                            | {g for g in group if any(fnmatch.fnmatch(g, m) for m in modules)})
             if not chosen:
                 continue
             started = datetime.datetime.now(datetime.timezone.utc)
