@@ -103,7 +103,31 @@ PAN_MASKS = ("the check looks for BatchNorm and exchanged buffers, and FedPAN's 
              "buffers): the same verdict with or without them")
 NEXT_STATE = ("no registered method's next_state reads its `state` argument (FedDyn's new g_k comes from the round's "
               "constants, MOON keeps the trained model)")
+CPU_DEFAULT = ("None is the default device, the CPU, on every machine (fedsign never sets another): the same "
+               "generator and draws")
+TAIL_LAST = ("a 1-sample batch is its epoch's last (only the tail is shorter than train.batch_size) or, at batch size "
+             "1, every later one is skipped too: leaving the loop skips the same batches")
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("sim/cohort/flower_internals.py", "act_as_superlink",
+     "TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 2, run_id, SUPERLINK_NODE_ID"):
+        "messages take the run and node ids from the task identity, never the task id",
+    **{("sim/cohort/grid.py", "CohortGrid.execute_train", f"task = train_task(message, self.contexts[message.metadata"
+        f".dst_node_id], {arg})"): "without a config train_task derives the same one from the message"
+       for arg in ("None", "")},
+    ("sim/cohort/grid.py", "CohortGrid.execute_train",
+     "if id(None) not in decoded:  # one copy of a global model sent to many clients"):
+        "the global model decoded once per client instead of once: the same values (constants stacked, not shared)",
+    ("sim/cohort/grid.py", "CohortGrid.execute_train",
+     "decoded[id(arrays)] = {k: v.to(None) for k, v in arrays.to_torch_state_dict().items()}"): ON_CPU,
+    ("sim/cohort/inprocess_grid.py", "InProcessGrid.__init__",
+     'def __init__(self, num_clients: int, run_id: int = 2, state_dir: str = "") -> None:'):
+        "the default run id is a label: the server and the nodes only compare it with itself",
+    ("sim/cohort/inprocess_grid.py", "InProcessGrid.execute",
+     "replies = dict(zip((id(m) for m in trains), self.execute_train(trains))) if (trains) or True else {}"):
+        "execute_train of no messages returns no replies: the same empty dict",
+    ("sim/cohort/stacked_sgd.py", "StackedSGD.__init__",
+     "self.buffers = {k: torch.zeros_like(p) for k, p in params.items()} if (momentum) or True else {}"):
+        "without momentum step() never reads the buffers: memory only",
     ("strategies/validation.py", "check_reply",
      'return Rejection(f"wrong keys: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:3]}")'):
         "how many key names the rejection message lists",
@@ -179,6 +203,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
      "super().__init__(model, objective, self.kept_params.tree, self.kept_consts.tree, const_dims, cfg, None)"): ON_CPU,
     ("fedsign/local_training.py", "train_locally",
      "new_state = objective.next_state(detached(params), consts, None)"): NEXT_STATE,
+    **{("fedsign/local_training.py", "batch_plan", line): ON_CPU for line in (
+        "order = (torch.randperm(n, generator=generator) + offset).to(None)",
+        "draws = draw_crop_flip(n, spec.crop_padding, generator, cpu).to(None) if augmenting else None")},
+    **{("fedsign/local_training.py", "batch_plan", line): CPU_DEFAULT for line in (
+        "cpu = None",
+        "generator = torch.Generator(device=None).manual_seed(seed)  # on the CPU: the same plan on every device",
+        "draws = draw_crop_flip(n, spec.crop_padding, generator, None).to(device) if augmenting else None")},
+    ("fedsign/local_training.py", "batch_plan", "break"): TAIL_LAST,
     ("sim/cohort/cohort_training.py", "train_cohort", "new_state = objective.next_state(own, consts[i], None)"): NEXT_STATE,
     **{("fedsign/local_training.py", "ClientSteps._step", f"self.optimizer.zero_grad(set_to_none={value})"): ZEROED
        for value in ("None", "False")},

@@ -112,10 +112,19 @@ def test_a_one_sample_client_keeps_its_one_sample_batch_and_offsets_shift_positi
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatch):
-    """Blocks end inside the plan (BATCH_BLOCK 40), for one client's steps and for stacked cohort steps,
-    in both memory orders; channels_last gives NHWC images."""
+    """Blocks end inside the plan (BATCH_BLOCK 34), for one client's steps and for stacked cohort steps,
+    in both memory orders (the default: NCHW); channels_last gives NHWC images. Each block takes as
+    many consecutive steps as fit in BATCH_BLOCK samples."""
     assert BATCH_BLOCK >= 64 * 100  # a Table-1 client's epoch (about 500 samples) is a few blocks at most
-    monkeypatch.setattr("fedsign.local_training.BATCH_BLOCK", 40)
+    monkeypatch.setattr("fedsign.local_training.BATCH_BLOCK", 34)
+    blocks = []
+    build = make_batch
+
+    def recorded(data, step, spec, channels_last=False):
+        blocks.append(step.index.numel())
+        return build(data, step, spec, channels_last)
+
+    monkeypatch.setattr("fedsign.local_training.make_batch", recorded)
     spec = DATASETS["cifar10"]
     torch.manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8).to(device),
@@ -126,9 +135,17 @@ def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatc
     single = plans[0]
     stacked = [stack_steps([plans[i][t] for i in members]) for t in range(len(plans[0]))
                for members in groups_at(plans, t)]
+    # 50 samples in batches of 16 (a tail of 2) per epoch: 16+16 | 16+2+16 | 16+16+2
+    assert [len(s.index) for s in single] == [16, 16, 16, 2] * 2
+    list(step_batches(data, single, spec))
+    assert blocks == [32, 34, 34]
     for steps in (single, stacked):
+        default = next(step_batches(data, steps, spec))[0]
+        assert default.reshape(-1, *default.shape[-3:]).is_contiguous()
         for channels_last in (False, True):
+            blocks.clear()
             built = list(step_batches(data, steps, spec, channels_last))
+            assert sum(blocks) == sum(s.index.numel() for s in steps) and max(blocks) <= 34
             assert len(built) == len(steps)
             for (x, y), step in zip(built, steps):
                 x_step, y_step = make_batch(data, step, spec, channels_last)
@@ -266,10 +283,11 @@ def test_kept_steps_are_reused_only_for_the_same_settings_and_tensors(float64):
     assert other is not first and other.optimizer.param_groups[0]["lr"] == 0.01
     assert client_steps(model_for(cfg), objective, consts, graphed, CPU) is not other  # other tensors
     kept = client_steps(model, objective, consts, graphed, CPU)
-    other_mu = make_objective(cfg.replace(method__mu=0.5))
-    assert client_steps(model, other_mu, consts, graphed, CPU) is not kept  # the same class, other settings
     other_class = type("OtherObjective", (type(objective),), {})(objective.cfg)
     assert client_steps(model, other_class, consts, graphed, CPU).objective is other_class  # other loss, same cfg
+    kept = client_steps(model, objective, consts, graphed, CPU)
+    other_mu = make_objective(cfg.replace(method__mu=0.5))
+    assert client_steps(model, other_mu, consts, graphed, CPU) is not kept  # the same class, other settings
 
 
 def test_graphed_cohort_steps_equal_eager_ones_and_graph_the_full_batch_groups(graph_calls, float64, one_thread):
@@ -354,7 +372,7 @@ def test_step_runs_unbatched_for_a_plain_step():
     data = images(10)
     step = Step(torch.tensor([3, 1, 4]), None)
     x, y = make_batch(data, step, TINY)
-    assert x.shape == (3, 3, 8, 8) and torch.equal(y, data.y[[3, 1, 4]])
+    assert x.shape == (3, 3, 8, 8) and x.is_contiguous() and torch.equal(y, data.y[[3, 1, 4]])  # NCHW by default
     x2, y2 = make_batch(data, stack_steps([step, Step(torch.tensor([0, 2, 9]), None)]), TINY)
     assert x2.shape == (2, 3, 3, 8, 8) and torch.equal(x2[0], x) and torch.equal(y2[1], data.y[[0, 2, 9]])
 
