@@ -367,11 +367,12 @@ def run_mutmut(modules: list[str], tests: list[str], children: int, only: list[s
         env.pop("PYTHONPATH", None)
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
                        cwd=scratch, env=env, check=True)
+        retested = set(only or ())
         found: dict[str, dict] = {}
         for meta in (scratch / "mutants").rglob("*.py.meta"):
             module = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
             for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-                if only is not None and name not in only:
+                if only is not None and name not in retested:
                     continue
                 function = name.rsplit(".", 1)[1].split("__mutmut_")[0]  # x_func or xǁClassǁmethod
                 function = function[2:].replace("ǁ", ".")
@@ -467,18 +468,17 @@ def main(argv: list[str] | None = None) -> None:
             if not chosen:
                 continue
             started = datetime.datetime.now(datetime.timezone.utc)
-            if args.survivors:
-                only = [n for n, m in results["mutants"].items()
-                        if verdict(m) == "survived" and any(fnmatch.fnmatch(m["module"], g) for g in chosen)]
-                if not only:
-                    continue
-                found = run_mutmut(chosen, tests, args.children, only)
-                touched = {m["module"] for m in found.values()}
-                results["mutants"] |= found
-            else:
-                found = run_mutmut(chosen, tests, args.children)
-                touched = {m["module"] for m in found.values()}
-                results["mutants"] = {n: m for n, m in results["mutants"].items() if m["module"] not in touched} | found
+            only = ([n for n, m in results["mutants"].items()
+                     if verdict(m) == "survived" and any(fnmatch.fnmatch(m["module"], g) for g in chosen)]
+                    if args.survivors else None)
+            if only == []:
+                continue
+            found = run_mutmut(chosen, tests, args.children, only)
+            touched = {m["module"] for m in found.values()}
+            # a full run replaces its modules' verdicts; a survivors run only those of the mutants it retested
+            kept = (results["mutants"] if only else
+                    {n: m for n, m in results["mutants"].items() if m["module"] not in touched})
+            results["mutants"] = kept | found
             results["runs"].append({
                 "command": " ".join([COMMAND, *(["--survivors"] if args.survivors else []), *chosen]),
                 "modules": sorted(touched), "mutants": len(found),

@@ -329,15 +329,15 @@ def test_bf16_runs_forward_and_loss_under_autocast_and_keeps_fp32_weights(one_th
     start = {k: v.clone() for k, v in model.state_dict().items()}
     got = train_locally(model, make_objective(cfg), {}, data, TINY, cfg.train, False, seed=0)
     x, y = make_batch(data, batch_plan(12, cfg.train, TINY, False, 0, CPU)[0], TINY)
-    by_hand = {}
+    by_hand, losses = {}, {}
     for precision in ("bf16", "fp32"):
         model.load_state_dict(start)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        bf16_loss = loss if precision == "bf16" else bf16_loss
+        losses[precision] = loss
         by_hand[precision] = {k: p.detach() - 0.05 * g for (k, p), g in zip(model.named_parameters(), grads)}
-    assert got.steps == 1 and got.train_loss == got.ce_loss == pytest.approx(float(bf16_loss), rel=1e-6)
+    assert got.steps == 1 and got.train_loss == got.ce_loss == pytest.approx(float(losses["bf16"]), rel=1e-6)
     assert all(v.dtype == torch.float32 for v in got.state.values())
     for k, v in got.state.items():
         assert torch.allclose(v, by_hand["bf16"][k], rtol=0, atol=1e-6), k
