@@ -57,7 +57,7 @@ def batch_plan(n: int, cfg: TrainConfig, spec: DatasetSpec, augment: bool, seed:
                device: torch.device, offset: int = 0) -> list[Step]:
     """Every step of one client's round, drawn from one generator seeded by `seed`: per epoch a
     fresh permutation (then, when augmenting, one crop/flip draw per sample), split into batches of
-    cfg.batch_size; a 1-sample tail is dropped (BatchNorm needs 2). Positions are shifted by `offset`
+    cfg.batch_size; a 1-sample tail of larger batches is dropped (BatchNorm needs 2). Positions are shifted by `offset`
     (where the client's samples start in data shared with other clients). The whole plan reaches the
     device here, before training: a host-to-device copy waits for the GPU."""
     cpu = torch.device("cpu")
@@ -69,7 +69,7 @@ def batch_plan(n: int, cfg: TrainConfig, spec: DatasetSpec, augment: bool, seed:
         draws = draw_crop_flip(n, spec.crop_padding, generator, cpu).to(device) if augmenting else None
         for start in range(0, n, cfg.batch_size):
             end = min(start + cfg.batch_size, n)
-            if end - start == 1 and start > 0:
+            if end - start == 1 and start > 0 and cfg.batch_size > 1:
                 continue
             steps.append(Step(order[start:end], draws[start:end] if draws is not None else None))
     return steps

@@ -105,8 +105,9 @@ NEXT_STATE = ("no registered method's next_state reads its `state` argument (Fed
               "constants, MOON keeps the trained model)")
 CPU_DEFAULT = ("None is the default device, the CPU, on every machine (fedsign never sets another): the same "
                "generator and draws")
-TAIL_LAST = ("a 1-sample batch is its epoch's last (only the tail is shorter than train.batch_size) or, at batch size "
-             "1, every later one is skipped too: leaving the loop skips the same batches")
+TAIL_LAST = ("above batch size 1, a 1-sample batch is its epoch's last (only the tail is shorter than "
+             "train.batch_size): leaving the loop skips the same batches")
+TAIL_START = "above batch size 1, batches start at 0 or at >= 2: start > 1 is start > 0"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("sim/cohort/flower_internals.py", "act_as_superlink",
      "TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 2, run_id, SUPERLINK_NODE_ID"):
@@ -211,6 +212,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "generator = torch.Generator(device=None).manual_seed(seed)  # on the CPU: the same plan on every device",
         "draws = draw_crop_flip(n, spec.crop_padding, generator, None).to(device) if augmenting else None")},
     ("fedsign/local_training.py", "batch_plan", "break"): TAIL_LAST,
+    ("fedsign/local_training.py", "batch_plan", "if end - start == 1 and start > 1 and cfg.batch_size > 1:"):
+        TAIL_START,
     ("sim/cohort/cohort_training.py", "train_cohort", "new_state = objective.next_state(own, consts[i], None)"): NEXT_STATE,
     **{("fedsign/local_training.py", "ClientSteps._step", f"self.optimizer.zero_grad(set_to_none={value})"): ZEROED
        for value in ("None", "False")},

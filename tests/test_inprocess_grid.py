@@ -6,6 +6,8 @@ a failed cohort)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -31,7 +33,8 @@ def test_the_grid_api_pushes_pulls_once_and_keeps_the_order(tmp_path):
     assert nodes == [FIRST_NODE_ID, FIRST_NODE_ID + 1, FIRST_NODE_ID + 2] and grid.run.run_id == 7
     assert [grid.contexts[n].node_config for n in nodes] == [
         {"partition-id": i, "num-partitions": 3, "state-dir": str(tmp_path)} for i in range(3)]
-    assert all(grid.contexts[n].run_id == 7 for n in nodes)
+    assert all((grid.contexts[n].run_id, grid.contexts[n].node_id, grid.contexts[n].run_config) == (7, n, {})
+               for n in nodes)
     assert "state-dir" not in InProcessGrid(2).contexts[FIRST_NODE_ID].node_config
     run = Run.create_empty(9)
     grid.set_run(run)
@@ -51,12 +54,15 @@ def test_the_grid_api_pushes_pulls_once_and_keeps_the_order(tmp_path):
     assert [int(r.content["metrics"]["partition-id"]) for r in answered] == [0, 1, 2]
 
 
-def test_an_unknown_node_is_refused_and_a_failing_client_app_replies_with_its_error():
+def test_an_unknown_node_is_refused_and_a_failing_client_app_replies_with_its_error(caplog):
     grid = InProcessGrid(2)
     with pytest.raises(ValueError, match=f"^no node {FIRST_NODE_ID + 2} in this grid$"):
         grid.push_messages([query(grid, FIRST_NODE_ID), query(grid, FIRST_NODE_ID + 2)])
     del grid.contexts[FIRST_NODE_ID].node_config["partition-id"]
-    reply, fine = grid.send_and_receive([query(grid, FIRST_NODE_ID), query(grid, FIRST_NODE_ID + 1)])
+    with caplog.at_level(logging.WARNING, logger="fedsign"):
+        reply, fine = grid.send_and_receive([query(grid, FIRST_NODE_ID), query(grid, FIRST_NODE_ID + 1)])
+    assert [r.getMessage() for r in caplog.records if r.name == "fedsign"] == [
+        f"node {FIRST_NODE_ID} failed: this SuperNode has no 'partition-id' in its --node-config"]
     assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert reply.error.reason == "ConfigError: this SuperNode has no 'partition-id' in its --node-config"
     assert not fine.has_error() and int(fine.content["metrics"]["partition-id"]) == 1
@@ -80,13 +86,15 @@ def trains(grid: CohortGrid, cfgs: list[RunConfig], nodes: list[int]) -> list[Me
 
 @pytest.fixture
 def cohorts(monkeypatch):
-    """The clients of every train_cohort call (which then trains them)."""
+    """The number of clients of every train_cohort call (which then trains them); its other arguments
+    (spec, train config, augment) must be the run's."""
     calls = []
     train = cohort_grid.train_cohort
 
-    def recorded(model, objective, clients, *args):
+    def recorded(model, objective, clients, spec, cfg, augment):
         calls.append(len(clients))
-        return train(model, objective, clients, *args)
+        assert spec.name == "digits" and cfg.batch_size == 64 and augment is True
+        return train(model, objective, clients, spec, cfg, augment)
 
     monkeypatch.setattr(cohort_grid, "train_cohort", recorded)
     return calls
@@ -104,6 +112,8 @@ def test_one_configuration_trains_as_one_cohort_and_a_bad_config_gets_its_error(
     for reply, cid in ((replies[0], 0), (replies[2], 2)):
         assert not reply.has_error() and int(reply.content["metrics"]["partition-id"]) == cid
         assert int(reply.content["metrics"]["num-examples"]) == len(partitions(cfg)[cid])
+    alone, = grid.send_and_receive(trains(grid, [cfg], nodes[1:2]))  # one message: a cohort of one
+    assert cohorts == [2, 1] and not alone.has_error() and int(alone.content["metrics"]["partition-id"]) == 1
 
 
 def test_several_configurations_train_one_by_one_through_the_client_app(tmp_path, cohorts, one_thread):

@@ -110,6 +110,14 @@ def test_a_one_sample_client_keeps_its_one_sample_batch_and_offsets_shift_positi
         assert torch.equal(b.index, a.index + 30) and torch.equal(b.crop.dy, a.crop.dy)
 
 
+def test_batch_size_one_trains_every_sample_once_per_epoch_and_two_drops_the_tail():
+    plan = batch_plan(5, TrainConfig(local_epochs=2, batch_size=1), TINY, False, 4, CPU)
+    assert [len(s.index) for s in plan] == [1] * 10
+    for epoch in (plan[:5], plan[5:]):
+        assert sorted(int(s.index) for s in epoch) == [0, 1, 2, 3, 4]
+    assert [len(s.index) for s in batch_plan(5, TrainConfig(batch_size=2), TINY, False, 4, CPU)] == [2, 2] * 3
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatch):
     """Blocks end inside the plan (BATCH_BLOCK 34), for one client's steps and for stacked cohort steps,
