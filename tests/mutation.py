@@ -107,6 +107,9 @@ CPU_DEFAULT = ("None is the default device, the CPU, on every machine (fedsign n
                "generator and draws")
 TAIL_LAST = ("above batch size 1, a 1-sample batch is its epoch's last (only the tail is shorter than "
              "train.batch_size): leaving the loop skips the same batches")
+EVERY_ROW = ("a step of every client then selects all rows (index copies of the parameters and constants) "
+             "instead of using the stacked tensors in place: the same numbers")
+COHORT_IMAGES = "the stacked images' memory order only: the same numbers; the GPU bench measures the speed"
 TAIL_START = "above batch size 1, batches start at 0 or at >= 2: start > 1 is start > 0"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("sim/cohort/flower_internals.py", "act_as_superlink",
@@ -215,6 +218,18 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("fedsign/local_training.py", "batch_plan", "if end - start == 1 and start > 1 and cfg.batch_size > 1:"):
         TAIL_START,
     ("sim/cohort/cohort_training.py", "train_cohort", "new_state = objective.next_state(own, consts[i], None)"): NEXT_STATE,
+    **{("sim/cohort/cohort_training.py", function, line): ON_CPU for function, line in (
+        ("train_cohort", "params = {k: torch.stack([c.global_state[k] for c in clients]).to(None) for k in names}"),
+        ("train_cohort", "plans = [batch_plan(len(c.data), cfg, spec, augment, c.seed, None, offset=offsets[i])"),
+        ("train_cohort", "rows = {tuple(m): torch.tensor(m, device=None) for _, m in schedule if m != everyone}"),
+        ("train_cohort", "rows = {tuple(m): torch.tensor(m, ) for _, m in schedule if m != everyone}"),
+        ("CohortSteps.__init__", "self.totals = torch.zeros(clients, device=None)"),
+        ("CohortSteps.__init__", "self.totals = torch.zeros(clients, )"),
+        ("CohortSteps.__init__", "self.ces = torch.zeros(clients, device=None)"),
+        ("CohortSteps.__init__", "self.ces = torch.zeros(clients, )"),
+        ("cohort_steps", "return CohortSteps(model, objective, params, shared_consts, const_dims, cfg, None)"))},
+    ("sim/cohort/cohort_training.py", "train_cohort", "everyone = None"): EVERY_ROW,
+    **{("sim/cohort/cohort_training.py", "train_cohort", f"spec, {arg})"): COHORT_IMAGES for arg in ("None", "")},
     **{("fedsign/local_training.py", "ClientSteps._step", f"self.optimizer.zero_grad(set_to_none={value})"): ZEROED
        for value in ("None", "False")},
     **{("fedsign/local_training.py", "train_locally", f"for x, y in step_batches(data, steps, spec, {arg}):"):

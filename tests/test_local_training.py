@@ -21,8 +21,10 @@ from fedsign.data.specs import DATASETS
 from fedsign.local_training import (BATCH_BLOCK, GRAPH_STATS, ClientSteps, GraphedClientSteps, Step, StepGraphs,
                                     autocast, batch_plan, client_steps, make_batch, signature, step_batches, train_locally)
 from fedsign.methods import make_objective, pan_spec
-from fedsign.models import build_model, exchanged_state
-from sim.cohort.cohort_training import CohortClient, groups_at, stack_steps, train_cohort
+from fedsign.errors import CheckpointError
+from fedsign.models import build_model, exchanged_state, parameter_names
+from sim.cohort.cohort_training import (CohortClient, CohortSteps, GraphedCohortSteps, cohort_steps, groups_at, prepare,
+                                        stack_consts, stack_steps, train_cohort)
 from strategies.registry import METHOD_NAMES
 
 # 8x8 RGB images (channels_last is a no-op on one channel), with CIFAR's augmentation at a smaller padding
@@ -163,11 +165,13 @@ def test_batches_built_in_blocks_equal_batches_built_per_step(device, monkeypatc
 
 
 # ---- one client alone and in a cohort ----
-def test_augmented_clients_train_alike_alone_and_in_a_cohort(float64, one_thread):
-    """Two rounds of FedDyn (per-client state h, shared global constants) for clients of 4, 2 and 1
-    steps (23, 12 and 5 samples, batch 6), augmented: train_cohort gives each client what
-    train_locally gives it alone, its losses and its next state included."""
-    cfg = setting("feddyn", local_epochs=1)
+@pytest.mark.parametrize("method", ["feddyn", "moon"])
+def test_augmented_clients_train_alike_alone_and_in_a_cohort(method, float64, one_thread):
+    """Two rounds of FedDyn (per-client state h, shared global constants) or MOON (per-client previous
+    model, constants prepared from the model) for clients of 4, 2 and 1 steps (23, 12 and 5 samples,
+    batch 6), augmented: train_cohort gives each client what train_locally gives it alone, its losses
+    and its next state included."""
+    cfg = setting(method, local_epochs=1)
     model = model_for(cfg)
     objective = make_objective(cfg)
     glob = {k: v.clone() for k, v in exchanged_state(model).items()}
@@ -182,7 +186,7 @@ def test_augmented_clients_train_alike_alone_and_in_a_cohort(float64, one_thread
             assert got.steps == alone.steps == (4, 2, 1)[i] and got.num_examples == alone.num_examples == len(d)
             assert got.train_loss == pytest.approx(alone.train_loss, rel=1e-9)
             assert got.ce_loss == pytest.approx(alone.ce_loss, rel=1e-9)
-            assert got.steps == 1 or got.ce_loss != got.train_loss  # FedDyn's terms are 0 only at θ = θ_g, h = 0
+            assert got.steps == 1 or got.ce_loss != got.train_loss  # the methods' terms are not 0 here
             for mine, theirs in ((got.state, alone.state), (got.method_state, alone.method_state)):
                 assert mine.keys() == theirs.keys() and mine
                 for k in mine:
@@ -317,6 +321,8 @@ def test_graphed_cohort_steps_equal_eager_ones_and_graph_the_full_batch_groups(g
             glob = {k: sum(r.state[k] for r in results) / 3 for k in start}
             states = [r.method_state for r in results]
         runs[mode] = rounds
+        if mode == "eager":
+            assert graph_calls == [] and GRAPH_STATS.eager == 0  # step_mode=eager never goes through StepGraphs
     for eager_round, graphed_round in zip(runs["eager"], runs["cuda_graph"]):
         for a, b in zip(eager_round, graphed_round):
             assert_same(a, b)
@@ -327,9 +333,59 @@ def test_graphed_cohort_steps_equal_eager_ones_and_graph_the_full_batch_groups(g
     assert GRAPH_STATS.eager == 18  # the 14 graphed groups and 4 tails, run eagerly on a CPU
 
 
+def test_stacked_constants_pass_a_shared_leaf_once_and_stack_the_others():
+    a, b, shared = torch.ones(2), torch.zeros(2), torch.arange(3.0)
+    consts, dims = stack_consts([{"own": a, "shared": shared}, {"own": b, "shared": shared}])
+    assert dims == {"own": 0, "shared": None} and consts["shared"] is shared
+    assert torch.equal(consts["own"], torch.stack([a, b]))
+    alone, alone_dims = stack_consts([{"own": a, "shared": shared}])  # a cohort of one: every leaf its own
+    assert alone_dims == {"own": None, "shared": None} and alone["own"] is a and alone["shared"] is shared
+    with pytest.raises(ValueError, match=r"^the objective's prepare\(\) returned differently structured "
+                                         r"constants per client$"):
+        stack_consts([{"own": a}, {"other": a}, {"own": a}])
+
+
+def test_kept_cohort_steps_are_reused_only_for_the_same_settings_and_constants(float64):
+    cfg = setting("fedprox")
+    model = model_for(cfg)
+    objective = make_objective(cfg)
+    start = dict(exchanged_state(model))
+    clients = [CohortClient(images(6, seed=i), start, {}, seed=i) for i in range(2)]
+    shared, dims = stack_consts([prepare(model, objective, c) for c in clients])
+    params = {k: torch.stack([c.global_state[k] for c in clients]) for k in parameter_names(model)}
+
+    def steps(objective, train, dims=dims):
+        return cohort_steps(model, objective, params, shared, dims, train, CPU)
+
+    assert dims == {k: None for k in params}  # FedProx's constants: the one global model, passed once
+    assert type(steps(objective, cfg.train)) is CohortSteps
+    graphed = dataclasses.replace(cfg.train, step_mode="cuda_graph")
+    first = steps(objective, graphed)
+    assert type(first) is GraphedCohortSteps and steps(objective, graphed) is first
+    other = steps(objective, dataclasses.replace(graphed, lr=0.01))
+    assert other is not first and other.optimizer.lr == 0.01
+    kept = steps(objective, graphed)
+    other_class = type("OtherObjective", (type(objective),), {})(objective.cfg)
+    assert steps(other_class, graphed) is not kept  # another loss with the same settings
+    kept = steps(objective, graphed)
+    assert steps(make_objective(cfg.replace(method__mu=0.5)), graphed) is not kept  # the same class, other settings
+    kept = steps(objective, graphed)
+    assert steps(objective, graphed, {k: 0 for k in dims}) is not kept  # the same tensors, read per client
+
+
+def test_a_cohort_client_whose_global_model_does_not_fit_is_refused():
+    cfg = setting("fedavg")
+    model = model_for(cfg)
+    state = dict(exchanged_state(model))
+    state.pop(next(iter(state)))
+    with pytest.raises(CheckpointError, match=r"^the global model's tensors do not fit the model: missing \["):
+        train_cohort(model, make_objective(cfg), [CohortClient(images(6), state, {}, seed=0)], TINY, cfg.train, False)
+
+
 def test_bf16_runs_forward_and_loss_under_autocast_and_keeps_fp32_weights(one_thread):
     """One full-batch step of FedAvg under train.precision=bf16 is the step torch.autocast(bfloat16)
-    gives by hand, not the fp32 one; weights, gradients and the state sent back stay float32."""
+    gives by hand, not the fp32 one; weights, gradients and the state sent back stay float32. The
+    cohort engine's step (vmapped, a cohort of one) is the same step."""
     data = images(12)
     cfg = setting("fedavg", precision="bf16", local_epochs=1, batch_size=12, momentum=0.0, weight_decay=0.0,
                   grad_clip=0.0)
@@ -345,11 +401,15 @@ def test_bf16_runs_forward_and_loss_under_autocast_and_keeps_fp32_weights(one_th
         grads = torch.autograd.grad(loss, list(model.parameters()))
         losses[precision] = loss
         by_hand[precision] = {k: p.detach() - 0.05 * g for (k, p), g in zip(model.named_parameters(), grads)}
-    assert got.steps == 1 and got.train_loss == got.ce_loss == pytest.approx(float(losses["bf16"]), rel=1e-6)
+    assert got.steps == 1 and got.train_loss == got.ce_loss == pytest.approx(losses["bf16"].item(), rel=1e-6)
     assert all(v.dtype == torch.float32 for v in got.state.values())
     for k, v in got.state.items():
         assert torch.allclose(v, by_hand["bf16"][k], rtol=0, atol=1e-6), k
     assert max(float((got.state[k] - by_hand["fp32"][k]).abs().max()) for k in got.state) > 1e-5
+    cohort, = train_cohort(model, make_objective(cfg), [CohortClient(data, start, {}, seed=0)], TINY, cfg.train, False)
+    assert cohort.train_loss == pytest.approx(losses["bf16"].item(), rel=1e-6)
+    for k, v in cohort.state.items():
+        assert torch.allclose(v, by_hand["bf16"][k], rtol=0, atol=1e-6), k
 
 
 def test_bf16_on_cuda_is_bfloat16_autocast_without_a_weight_cache():

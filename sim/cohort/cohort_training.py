@@ -177,7 +177,7 @@ def cohort_steps(model: nn.Module, objective: ClientObjective, params: Params, s
 def prepare(model: nn.Module, objective: ClientObjective, client: CohortClient) -> Params:
     """The objective's round constants for one client, with the model holding its global model (as
     in train_locally). Clients sent the same global tensors share them (no copy per client)."""
-    load_exchanged(model, client.global_state, what="the global model")
+    load_exchanged(model, client.global_state, what="the global model's tensors")
     global_params = {k: client.global_state[k] for k in parameter_names(model)}
     return objective.prepare(model, global_params, client.method_state)
 
