@@ -57,9 +57,9 @@ def batch_plan(n: int, cfg: TrainConfig, spec: DatasetSpec, augment: bool, seed:
                device: torch.device, offset: int = 0) -> list[Step]:
     """Every step of one client's round, drawn from one generator seeded by `seed`: per epoch a
     fresh permutation (then, when augmenting, one crop/flip draw per sample), split into batches of
-    cfg.batch_size; a 1-sample tail of larger batches is dropped (BatchNorm needs 2). Positions are shifted by `offset`
-    (where the client's samples start in data shared with other clients). The whole plan reaches the
-    device here, before training: a host-to-device copy waits for the GPU."""
+    cfg.batch_size; a 1-sample tail of larger batches is dropped (BatchNorm needs 2). Positions are
+    shifted by `offset` (where the client's samples start in data shared with other clients). The
+    whole plan reaches the device here, before training: a host-to-device copy waits for the GPU."""
     cpu = torch.device("cpu")
     generator = torch.Generator(device=cpu).manual_seed(seed)  # on the CPU: the same plan on every device
     augmenting = augment and (spec.crop_padding > 0 or spec.flip)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from fedsign.config import RunConfig, TrainConfig
 from fedsign.data import ImageSet
 from fedsign.data.specs import DATASETS
+from fedsign.errors import CheckpointError
 from fedsign.local_training import (BATCH_BLOCK, GRAPH_STATS, ClientSteps, GraphedClientSteps, Step, StepGraphs,
                                     autocast, batch_plan, client_steps, make_batch, signature, step_batches, train_locally)
 from fedsign.methods import make_objective, pan_spec
-from fedsign.errors import CheckpointError
 from fedsign.models import build_model, exchanged_state, parameter_names
 from sim.cohort.cohort_training import (CohortClient, CohortSteps, GraphedCohortSteps, cohort_steps, groups_at, prepare,
                                         stack_consts, stack_steps, train_cohort)
