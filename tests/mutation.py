@@ -222,13 +222,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     **{("sim/cohort/cohort_training.py", function, line): ON_CPU for function, line in (
         ("train_cohort", "params = {k: torch.stack([c.global_state[k] for c in clients]).to(None) for k in names}"),
         ("train_cohort", "plans = [batch_plan(len(c.data), cfg, spec, augment, c.seed, None, offset=offsets[i])"),
-        ("train_cohort", "rows = {tuple(m): torch.tensor(m, device=None) for _, m in schedule if m != everyone}"),
-        ("train_cohort", "rows = {tuple(m): torch.tensor(m, ) for _, m in schedule if m != everyone}"),
-        ("CohortSteps.__init__", "self.totals = torch.zeros(clients, device=None)"),
-        ("CohortSteps.__init__", "self.totals = torch.zeros(clients, )"),
-        ("CohortSteps.__init__", "self.ces = torch.zeros(clients, device=None)"),
-        ("CohortSteps.__init__", "self.ces = torch.zeros(clients, )"),
-        ("cohort_steps", "return CohortSteps(model, objective, params, shared_consts, const_dims, cfg, None)"))},
+        ("cohort_steps", "return CohortSteps(model, objective, params, shared_consts, const_dims, cfg, None)"),
+        *(pair for arg in ("device=None", "") for pair in (
+            ("train_cohort", f"rows = {{tuple(m): torch.tensor(m, {arg}) for _, m in schedule if m != everyone}}"),
+            ("CohortSteps.__init__", f"self.totals = torch.zeros(clients, {arg})"),
+            ("CohortSteps.__init__", f"self.ces = torch.zeros(clients, {arg})"))))},
     ("sim/cohort/cohort_training.py", "train_cohort", "everyone = None"): EVERY_ROW,
     **{("sim/cohort/cohort_training.py", "train_cohort", f"spec, {arg})"): COHORT_IMAGES for arg in ("None", "")},
     **{("fedsign/local_training.py", "ClientSteps._step", f"self.optimizer.zero_grad(set_to_none={value})"): ZEROED
